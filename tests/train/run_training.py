@@ -4,6 +4,7 @@ Used by the trainer tests as a separate process, so it can be killed, sent SIGTE
 """
 
 import json
+import os
 import sys
 
 from t5scale.config import ModelConfig
@@ -26,6 +27,23 @@ def run(model_dir: str, steps: int, save_every: int = 2, mesh: MeshConfig | None
     return train(model_cfg=MODEL, data_cfg=DATA, optim_cfg=OPTIM, mesh_cfg=mesh, train_cfg=cfg)
 
 
+def emulate_hosts(num_hosts: int) -> None:
+    """Make this one process read its batches the way `num_hosts` processes would: host i's shard gives rows
+    [i*b/n, (i+1)*b/n) of each global batch. A single-process reference for multi-host runs."""
+    import tensorflow as tf
+
+    from t5scale.data import pipeline
+    from t5scale.train import trainer
+
+    def make_dataset(cfg, shard_index=0, num_shards=1):
+        assert (shard_index, num_shards) == (0, 1)
+        shards = tuple(pipeline.make_dataset(cfg, i, num_hosts) for i in range(num_hosts))
+        return tf.data.Dataset.zip(shards).map(
+            lambda *parts: {k: tf.concat([p[k] for p in parts], axis=0) for k in parts[0]})
+
+    trainer.make_dataset = make_dataset
+
+
 def losses(model_dir) -> dict[int, float]:
     """Step -> loss, the last record of each step (a resumed run rewrites the steps after its checkpoint)."""
     with open(f"{model_dir}/metrics.jsonl") as f:
@@ -36,6 +54,8 @@ if __name__ == "__main__":
     from t5scale.train import distributed
 
     distributed.maybe_initialize()
+    if os.environ.get("EMULATE_HOSTS"):
+        emulate_hosts(int(os.environ["EMULATE_HOSTS"]))
     args = sys.argv[1:]
     mesh = MeshConfig(data=int(args[3]), model=int(args[4])) if len(args) > 3 else MeshConfig()
     result = run(args[0], int(args[1]), int(args[2]) if len(args) > 2 else 2, mesh=mesh)

@@ -129,7 +129,13 @@ def test_sharded_meshes_on_8_devices_reproduce_the_single_device_losses(uninterr
         assert sharded[step] == pytest.approx(reference[step], rel=1e-5)
 
 
-def test_two_processes_train_together_each_feeding_its_shard(tmp_path):
+def test_two_processes_reproduce_a_single_process_run_on_the_same_global_batches(tmp_path):
+    # Reference: one process with 2 devices reading both hosts' shards, host 0's rows first.
+    reference_dir = tmp_path / "one_process"
+    reference = start(reference_dir, 4, "4", "2", "1", env={"EMULATE_HOSTS": "2",
+                                                             "XLA_FLAGS": "--xla_force_host_platform_device_count=2"})
+    assert reference.wait(timeout=600) == 0, reference.stderr.read()[-3000:]
+    tmp_path = tmp_path / "two_processes"
     port = 20000 + os.getpid() % 20000
     env = {"T5SCALE_COORDINATOR": f"127.0.0.1:{port}", "T5SCALE_NUM_PROCESSES": "2"}
     processes = [start(tmp_path, 4, "4", env={**env, "T5SCALE_PROCESS_ID": str(i)}) for i in range(2)]
@@ -141,4 +147,7 @@ def test_two_processes_train_together_each_feeding_its_shard(tmp_path):
     # Each process saved its own data position next to the shared checkpoint.
     assert {p.name for p in (tmp_path / "data_state" / "checkpoint_4").iterdir()} >= {
         "process_0.index", "process_1.index"}
-    assert sorted(losses(tmp_path)) == [1, 2, 3, 4]
+    two, one = losses(tmp_path), losses(reference_dir)
+    assert sorted(two) == [1, 2, 3, 4]
+    for step in two:
+        assert two[step] == pytest.approx(one[step], rel=1e-5)
