@@ -196,6 +196,10 @@ def cmd_train(args, gin_files, bindings) -> dict:
                    mesh_cfg=_call_configurable("mesh_config"), train_cfg=train_cfg, gin_config=gin.config_str())
     print(f"stopped at step {result.step} ({result.ended_by}); last training loss {result.last_loss:.4f}; "
           f"checkpoints, config.json, metrics.jsonl and TensorBoard events in {result.model_dir}")
+    if result.target_tokens_per_s:
+        mfu = f"{result.mfu:.1%} ({result.mfu_peak})" if result.mfu is not None else f"unknown ({result.mfu_peak})"
+        print(f"throughput of the last {train_cfg.log_every} steps: {result.target_tokens_per_s:,.0f} target "
+              f"tokens/s, MFU {mfu}")
     return dataclasses.asdict(result)
 
 

@@ -78,5 +78,8 @@ def restore_params(checkpoint_path: str, abstract_params: Any) -> Any:
     if not (path / STATE).exists():
         raise FileNotFoundError(f"INITIAL_CHECKPOINT_PATH {path} is not a t5scale checkpoint: no {STATE}/ in it. "
                                 "Point it at a MODEL_DIR/checkpoint_<step> directory.")
-    restored = ocp.StandardCheckpointer().restore(path / STATE, {"params": abstract_params}, strict=False)
+    target = {"params": abstract_params}
+    with ocp.PyTreeCheckpointer() as checkpointer:
+        restored = checkpointer.restore(path / STATE, args=ocp.args.PyTreeRestore(
+            item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target), partial_restore=True))
     return restored["params"]

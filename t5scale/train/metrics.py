@@ -10,6 +10,7 @@ import math
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from clu import metric_writers
 from etils import epath
@@ -24,11 +25,34 @@ class NonFiniteLossError(RuntimeError):
     """The loss became NaN or infinite; training stops without saving the state that produced it."""
 
 
-def peak_flops(configured: float | None) -> float | None:
-    if configured is not None:
-        return configured
+def measure_matmul_peak(seconds: float = 0.5, size: int = 1024) -> float:
+    """FLOP/s of a float32 matmul on the first local device, best of repeated runs (a CPU's practical peak)."""
+    a = jnp.ones((size, size), jnp.float32)
+    matmul = jax.jit(lambda x: x @ x)
+    matmul(a).block_until_ready()
+    best, deadline = float("inf"), time.perf_counter() + seconds
+    while time.perf_counter() < deadline:
+        tic = time.perf_counter()
+        matmul(a).block_until_ready()
+        best = min(best, time.perf_counter() - tic)
+    return 2 * size**3 / best
+
+
+def peak_flops(configured_per_device: float | None) -> tuple[float | None, str]:
+    """(peak FLOP/s of the whole run, where the figure comes from) for MFU.
+
+    Given by config, else the vendor figure of a known accelerator, else on CPU a float32 matmul measured now (the
+    fake devices of one host share its cores, so the host counts once); None for an unknown accelerator.
+    """
+    if configured_per_device is not None:
+        return configured_per_device * jax.device_count(), "configured"
     kind = jax.devices()[0].device_kind
-    return next((peak for name, peak in PEAK_FLOPS.items() if kind.startswith(name)), None)
+    peak = next((peak for name, peak in PEAK_FLOPS.items() if kind.startswith(name)), None)
+    if peak is not None:
+        return peak * jax.device_count(), f"{kind} bf16 peak"
+    if jax.devices()[0].platform == "cpu":
+        return measure_matmul_peak() * jax.process_count(), "float32 matmul measured on this CPU"
+    return None, f"unknown for {kind}; set peak_flops_per_device"
 
 
 class MetricsLogger:
@@ -43,6 +67,7 @@ class MetricsLogger:
         self._fetched: list[tuple[int, dict]] = []  # on the host, checked finite, not yet written
         self._last_time, self._last_step = time.perf_counter(), start_step
         self.last_loss: float | None = None
+        self.last_scalars: dict[str, float] = {}  # of the last logged window: loss, throughput, MFU
         self._bar = tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True,
                          disable=not (progress_bar and self._main))
 
@@ -76,8 +101,8 @@ class MetricsLogger:
         scalars = {**mean, "learning_rate": float(self._lr_fn(step)), "step_time_s": seconds / max(steps, 1),
                    "target_tokens_per_s": tokens / seconds, "flops_per_s": flops_per_s}
         if self._peak:
-            scalars["mfu"] = flops_per_s / (self._peak * jax.device_count())
-        self.last_loss = mean["loss"]
+            scalars["mfu"] = flops_per_s / self._peak
+        self.last_loss, self.last_scalars = mean["loss"], scalars
         self._writer.write_scalars(step, scalars)
         if self._main:
             with self._jsonl.open("a") as f:

@@ -71,6 +71,9 @@ class TrainResult:
     ended_by: str  # "train_steps" | "flop_budget" | "time_budget" | "sigterm"
     last_loss: float | None
     model_dir: str
+    target_tokens_per_s: float | None = None  # throughput and MFU of the last logged window
+    mfu: float | None = None
+    mfu_peak: str = ""  # where the peak behind the MFU comes from
 
 
 class _Sigterm:
@@ -96,7 +99,7 @@ def _check_architecture(model_dir: epath.Path, model_cfg: ModelConfig) -> None:
     changed = {f: (saved[f], current[f]) for f in ARCHITECTURE_FIELDS if saved.get(f) != current[f]}
     if changed:
         raise ValueError(f"{model_dir} holds a run of another architecture; changed fields (checkpoint, now): "
-                         f"{changed}. Use a new MODEL_DIR or the checkpoint's shape.")
+                         f"{changed}. Use the checkpoint's shape (or, to resume, a new MODEL_DIR).")
 
 
 def _write_run_config(model_dir: epath.Path, configs: dict[str, Any], gin_config: str) -> None:
@@ -147,6 +150,7 @@ def train(*, model_cfg: ModelConfig, data_cfg: DataConfig, optim_cfg: OptimConfi
         state = restored
         logging.info("Resumed from %s at step %d.", model_dir / f"checkpoint_{start_step}", start_step)
     elif train_cfg.initial_checkpoint_path:
+        _check_architecture(epath.Path(train_cfg.initial_checkpoint_path).parent, model_cfg)
         params = restore_params(train_cfg.initial_checkpoint_path, abstract_state.params)
         state = TrainState(state.step, params, jax.jit(tx.init, out_shardings=state_sharding.opt_state)(params))
     train_seconds = record.get("train_seconds", 0.0) if record else 0.0
@@ -159,9 +163,11 @@ def train(*, model_cfg: ModelConfig, data_cfg: DataConfig, optim_cfg: OptimConfi
                         in_shardings=(state_sharding.params, data_sharding))
     flops_per_step = data_cfg.batch_size * training_flops(
         model_cfg, data_cfg.task_feature_lengths["inputs"], data_cfg.task_feature_lengths["targets"]).total
+    peak, peak_source = metrics_lib.peak_flops(train_cfg.peak_flops_per_device)
+    logging.info("Peak for MFU: %s FLOP/s (%s).", f"{peak:.3g}" if peak else "none", peak_source)
     logger = metrics_lib.MetricsLogger(
         str(model_dir), flops_per_step=flops_per_step, learning_rate_fn=make_learning_rate_fn(optim_cfg),
-        peak_flops=metrics_lib.peak_flops(train_cfg.peak_flops_per_device), total_steps=train_cfg.train_steps,
+        peak_flops=peak, total_steps=train_cfg.train_steps,
         start_step=start_step, progress_bar=train_cfg.progress_bar)
 
     def save(step: int) -> None:
@@ -205,7 +211,9 @@ def train(*, model_cfg: ModelConfig, data_cfg: DataConfig, optim_cfg: OptimConfi
         sigterm.restore()
         logger.close()
         checkpointer.close()
-    result = TrainResult(step=step, ended_by=ended_by, last_loss=logger.last_loss, model_dir=str(model_dir))
+    result = TrainResult(step=step, ended_by=ended_by, last_loss=logger.last_loss, model_dir=str(model_dir),
+                         target_tokens_per_s=logger.last_scalars.get("target_tokens_per_s"),
+                         mfu=logger.last_scalars.get("mfu"), mfu_peak=peak_source)
     if jax.process_index() == 0:
         (model_dir / "train_end.json").write_text(json.dumps(dataclasses.asdict(result), indent=1) + "\n")
     return result

@@ -86,6 +86,34 @@ def test_unreadable_latest_checkpoint_falls_back_to_the_previous(uninterrupted, 
     assert losses(tmp_path)[8] == losses(uninterrupted[0])[8]
 
 
+def test_initial_checkpoint_path_warm_starts_the_params_only(uninterrupted, tmp_path):
+    trained = uninterrupted[0] / "checkpoint_8"
+    result = run(str(tmp_path), 2, initial_checkpoint_path=str(trained))
+    warm, cold = losses(tmp_path), losses(uninterrupted[0])
+    assert result.step == 2  # a new run: step, optimizer state and data start afresh
+    # Step 1 is the cold run's first batch, now seen by the trained params.
+    assert warm[1] < cold[1] - 0.5 and warm[1] == pytest.approx(cold[8], abs=0.5)
+
+
+def test_initial_checkpoint_path_that_is_not_a_checkpoint_is_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match=f"INITIAL_CHECKPOINT_PATH {tmp_path} is not a t5scale checkpoint"):
+        run(str(tmp_path / "run"), 2, initial_checkpoint_path=str(tmp_path))
+
+
+def test_initial_checkpoint_of_another_shape_is_refused_naming_the_fields(uninterrupted, tmp_path, monkeypatch):
+    import tests.train.run_training as script
+
+    monkeypatch.setattr(script, "MODEL", script.MODEL.replace(d_ff=128))
+    with pytest.raises(ValueError, match=r"another architecture.*'d_ff': \(64, 128\)"):
+        run(str(tmp_path), 2, initial_checkpoint_path=str(uninterrupted[0] / "checkpoint_8"))
+
+
+def test_the_run_reports_throughput_and_mfu_against_a_measured_cpu_peak(uninterrupted):
+    result = uninterrupted[1]
+    assert result.target_tokens_per_s > 0 and 0 < result.mfu < 1
+    assert result.mfu_peak == "float32 matmul measured on this CPU"
+
+
 def test_nan_loss_stops_with_a_clear_error_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
     import tests.train.run_training as script
     from t5scale.train.optim import OptimConfig
