@@ -4,6 +4,8 @@ functions here, which hand frozen dataclasses to the library.
     t5scale shapes small small-el16 base-nl36 [--json]
     t5scale shapes --gin_file=gin/models/small.gin --gin.EL=16
     t5scale train --gin_file=gin/models/small.gin --gin_file=gin/runs/pretrain.gin --gin.MODEL_DIR="'/tmp/run'"
+    t5scale finetune --gin_file=gin/runs/finetune.gin --gin.INITIAL_CHECKPOINT_PATH="'/tmp/run/checkpoint_1000'" ...
+    t5scale eval --gin_file=gin/runs/eval.gin --gin.CHECKPOINT_PATH="'/tmp/ft/checkpoint_2000'" ...
     t5scale demo
 """
 
@@ -173,10 +175,33 @@ def cmd_shapes(args, gin_files, bindings) -> None:
 
 def cmd_train(args, gin_files, bindings) -> dict:
     """Pretrain: gin files + bindings -> the library's dataclasses -> t5scale.train.trainer.train."""
+    _parse_run_gin("train", gin_files, bindings, "gin/models/small.gin and gin/runs/pretrain.gin")
+    return _run_training(gin_model_config())
+
+
+def cmd_finetune(args, gin_files, bindings) -> dict:
+    """Fine-tune INITIAL_CHECKPOINT_PATH's model: its shape from its config.json, unless a models/*.gin is given."""
+    _parse_run_gin("finetune", gin_files, bindings, "gin/runs/finetune.gin")
+    from t5scale.train.checkpoints import resolve_checkpoint
+
+    initial = _call_configurable("train_config").initial_checkpoint_path
+    if not initial:
+        raise UsageError("finetune needs --gin.INITIAL_CHECKPOINT_PATH=\"'MODEL_DIR/checkpoint_<step>'\".")
+    if _macro_defined("MODEL_SHAPE"):
+        return _run_training(gin_model_config())  # the trainer checks it against the checkpoint's shape
+    saved = json.loads((resolve_checkpoint(initial).parent / "config.json").read_text())["model"]
+    dropout_rate = gin.query_parameter("DROPOUT_RATE/macro.value") if _macro_defined("DROPOUT_RATE") else 0.1
+    return _run_training(config_lib.ModelConfig.from_dict(saved).replace(dropout_rate=dropout_rate))
+
+
+def _parse_run_gin(command: str, gin_files: list[str], bindings: list[str], example: str) -> None:
     if not gin_files:
-        raise UsageError("train needs --gin_file=... (e.g. gin/models/small.gin and gin/runs/pretrain.gin).")
+        raise UsageError(f"{command} needs --gin_file=... (e.g. {example}).")
     _register_run_configurables()
     parse_gin(gin_files, bindings)
+
+
+def _run_training(model_cfg: config_lib.ModelConfig) -> dict:
     from t5scale.data.tasks import get_task_or_mixture
     from t5scale.train import distributed
     from t5scale.train.trainer import train
@@ -188,10 +213,11 @@ def cmd_train(args, gin_files, bindings) -> dict:
     provider = get_task_or_mixture(data_cfg.mixture_or_task_name)
     vocab_size = provider.output_features["targets"].vocabulary.vocab_size
     # The embedding covers the task's vocabulary, padded to a multiple of 128 (32100 -> 32128 for T5's).
-    model_cfg = gin_model_config().replace(vocab_size=-(-vocab_size // 128) * 128)
-    print(f"t5scale train: {model_cfg.name} ({count_params(model_cfg).total / 1e6:.1f}M params) on "
+    model_cfg = model_cfg.replace(vocab_size=-(-vocab_size // 128) * 128)
+    print(f"t5scale: {model_cfg.name} ({count_params(model_cfg).total / 1e6:.1f}M params) on "
           f"{data_cfg.mixture_or_task_name}, {train_cfg.train_steps} steps of {data_cfg.batch_size} -> "
-          f"{train_cfg.model_dir}")
+          f"{train_cfg.model_dir}" + (f", from {train_cfg.initial_checkpoint_path}"
+                                      if train_cfg.initial_checkpoint_path else ""))
     result = train(model_cfg=model_cfg, data_cfg=data_cfg, optim_cfg=_call_configurable("optim_config"),
                    mesh_cfg=_call_configurable("mesh_config"), train_cfg=train_cfg, gin_config=gin.config_str())
     print(f"stopped at step {result.step} ({result.ended_by}); last training loss {result.last_loss:.4f}; "
@@ -201,6 +227,24 @@ def cmd_train(args, gin_files, bindings) -> dict:
         print(f"throughput of the last {train_cfg.log_every} steps: {result.target_tokens_per_s:,.0f} target "
               f"tokens/s, MFU {mfu}")
     return dataclasses.asdict(result)
+
+
+def cmd_eval(args, gin_files, bindings) -> dict:
+    """A checkpoint on a task or mixture: per-task metrics and benchmark averages, as JSON and a table."""
+    from t5scale.evaluate import EvalConfig, evaluate, format_table
+
+    if "eval_config" not in _REGISTERED:
+        gin.external_configurable(EvalConfig, "eval_config", module=None)
+        _REGISTERED.add("eval_config")
+    if not gin_files:
+        raise UsageError("eval needs --gin_file=... (e.g. gin/runs/eval.gin).")
+    parse_gin(gin_files, bindings)
+    cfg = _call_configurable("eval_config")
+    print(f"t5scale eval: {cfg.checkpoint_path} on {cfg.mixture_or_task_name} ({cfg.split})")
+    summary = evaluate(cfg)
+    print(format_table(summary))
+    print(f"metrics: {cfg.output_dir}/metrics.json; predictions: {cfg.output_dir}/*.jsonl")
+    return summary
 
 
 def cmd_demo(args, gin_files, bindings) -> None:
@@ -226,6 +270,10 @@ def make_parser() -> argparse.ArgumentParser:
     shapes.set_defaults(run=cmd_shapes)
     train = commands.add_parser("train", help="pretrain (t5x style: --gin_file=... --gin.MACRO=value)")
     train.set_defaults(run=cmd_train)
+    finetune = commands.add_parser("finetune", help="fine-tune a checkpoint (--gin_file=gin/runs/finetune.gin)")
+    finetune.set_defaults(run=cmd_finetune)
+    evaluate = commands.add_parser("eval", help="metrics of a checkpoint on tasks (--gin_file=gin/runs/eval.gin)")
+    evaluate.set_defaults(run=cmd_eval)
     demo = commands.add_parser("demo", help="the shape table, then pretraining a tiny shape on this machine")
     demo.set_defaults(run=cmd_demo)
     return parser

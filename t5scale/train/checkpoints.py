@@ -76,10 +76,46 @@ def restore_params(checkpoint_path: str, abstract_params: Any) -> Any:
     """Only the params of a t5scale checkpoint (`.../checkpoint_<step>`), for warm starts."""
     path = epath.Path(checkpoint_path)
     if not (path / STATE).exists():
-        raise FileNotFoundError(f"INITIAL_CHECKPOINT_PATH {path} is not a t5scale checkpoint: no {STATE}/ in it. "
+        raise FileNotFoundError(f"{path} is not a t5scale checkpoint: no {STATE}/ in it. "
                                 "Point it at a MODEL_DIR/checkpoint_<step> directory.")
     target = {"params": abstract_params}
     with ocp.PyTreeCheckpointer() as checkpointer:
         restored = checkpointer.restore(path / STATE, args=ocp.args.PyTreeRestore(
             item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target), partial_restore=True))
     return restored["params"]
+
+
+def resolve_checkpoint(path: str, name: str = "checkpoint path") -> epath.Path:
+    """`MODEL_DIR/checkpoint_<step>` as given, or the newest one in a MODEL_DIR. `name` is the user's name for
+    `path` in the error."""
+    path = epath.Path(path)
+    if (path / STATE).exists():
+        return path
+    steps = sorted((int(p.name.removeprefix("checkpoint_")), p) for p in (path.glob("checkpoint_*") if path.exists()
+                   else []) if p.name.removeprefix("checkpoint_").isdigit() and (p / STATE).exists())
+    if not steps:
+        raise FileNotFoundError(f"{name} {path} is neither a t5scale checkpoint (MODEL_DIR/checkpoint_<step>) nor a "
+                                "MODEL_DIR holding one.")
+    return steps[-1][1]
+
+
+def load_model(path: str, **config_changes):
+    """The T5 of a checkpoint (or of the newest in a MODEL_DIR), its shape read from the run's config.json.
+
+    `config_changes` may change what does not alter the parameters (dtype, dropout_rate).
+    Returns (model, checkpoint path).
+    """
+    import json
+
+    from flax import nnx
+
+    from t5scale.config import ModelConfig
+    from t5scale.model.t5 import T5
+
+    checkpoint = resolve_checkpoint(path)
+    config_path = checkpoint.parent / "config.json"
+    if not config_path.exists():
+        raise FileNotFoundError(f"{config_path} is missing: cannot tell the shape of the model in {checkpoint}.")
+    cfg = ModelConfig.from_dict(json.loads(config_path.read_text())["model"]).replace(**config_changes)
+    graphdef, abstract_params, rest = nnx.split(nnx.eval_shape(lambda: T5(cfg, rngs=nnx.Rngs(0))), nnx.Param, ...)
+    return nnx.merge(graphdef, restore_params(str(checkpoint), abstract_params), rest), checkpoint

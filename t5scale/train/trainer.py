@@ -29,7 +29,7 @@ from t5scale.data.pipeline import BatchIterator, DataConfig, make_dataset
 from t5scale.model.flops import training_flops
 from t5scale.model.t5 import T5
 from t5scale.train import metrics as metrics_lib
-from t5scale.train.checkpoints import Checkpointer, restore_params
+from t5scale.train.checkpoints import Checkpointer, resolve_checkpoint, restore_params
 from t5scale.train.metrics import NonFiniteLossError  # noqa: F401  (re-exported: callers catch it here)
 from t5scale.train.optim import OptimConfig, make_learning_rate_fn, make_optimizer
 from t5scale.train.partitioning import MeshConfig, batch_sharding, make_mesh, param_shardings
@@ -150,8 +150,9 @@ def train(*, model_cfg: ModelConfig, data_cfg: DataConfig, optim_cfg: OptimConfi
         state = restored
         logging.info("Resumed from %s at step %d.", model_dir / f"checkpoint_{start_step}", start_step)
     elif train_cfg.initial_checkpoint_path:
-        _check_architecture(epath.Path(train_cfg.initial_checkpoint_path).parent, model_cfg)
-        params = restore_params(train_cfg.initial_checkpoint_path, abstract_state.params)
+        initial = resolve_checkpoint(train_cfg.initial_checkpoint_path, "INITIAL_CHECKPOINT_PATH")
+        _check_architecture(initial.parent, model_cfg)
+        params = restore_params(str(initial), abstract_state.params)
         state = TrainState(state.step, params, jax.jit(tx.init, out_shardings=state_sharding.opt_state)(params))
     train_seconds = record.get("train_seconds", 0.0) if record else 0.0
 

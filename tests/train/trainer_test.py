@@ -96,7 +96,7 @@ def test_initial_checkpoint_path_warm_starts_the_params_only(uninterrupted, tmp_
 
 
 def test_initial_checkpoint_path_that_is_not_a_checkpoint_is_named(tmp_path):
-    with pytest.raises(FileNotFoundError, match=f"INITIAL_CHECKPOINT_PATH {tmp_path} is not a t5scale checkpoint"):
+    with pytest.raises(FileNotFoundError, match=f"INITIAL_CHECKPOINT_PATH {tmp_path} is neither a t5scale checkpoint"):
         run(str(tmp_path / "run"), 2, initial_checkpoint_path=str(tmp_path))
 
 
