@@ -1,0 +1,240 @@
+"""Inference with a trained T5: greedy decoding, beam search, and scoring of given targets.
+
+Conventions follow t5x (`t5x/decoding.py`) and seqio:
+- The decoder starts from token 0 (T5 uses padding as BOS); the returned tokens leave that start token out, so
+  `tokens[:, t]` is the token generated at step t.
+- A row that emits EOS keeps the EOS and gets padding (0) after it; decoding stops once every row has ended.
+- Beam search ranks finished hypotheses by log p / ((5 + length) / 6) ** alpha (Wu et al., 2016), length counting
+  the EOS.
+
+Every entry point is one `nnx.jit` program whose loop is a `jax.lax.while_loop` over `T5.decode_step`, so the
+parameters are arguments of the compiled program, not constants baked into it. Shapes: B batch, S encoder length,
+T max decode length, K beam size, V vocab.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from t5scale.model.t5 import T5, DecodeCache
+
+PAD_ID = 0  # also the decoder's start token
+EOS_ID = 1
+
+
+def brevity_penalty(alpha: float | jax.Array, length: int | jax.Array) -> jax.Array:
+    """((5 + length) / 6) ** alpha: the length normalisation of GNMT (Wu et al., 2016) that t5x uses."""
+    return ((5.0 + length) / 6.0) ** alpha
+
+
+def _make_step_fn(model: T5):
+    """`model.decode_step` for use inside `jax.lax.while_loop`.
+
+    NNX refuses to run a module whose variables belong to an outer trace level inside an inner one (the scanned
+    stacks are `nnx.scan`s), so the module is rebuilt inside the loop body from its state's raw arrays.
+    """
+    graphdef, state = nnx.split(model)
+    arrays, treedef = jax.tree.flatten(state)
+
+    def step_fn(tokens: jax.Array, cache: DecodeCache) -> tuple[jax.Array, DecodeCache]:
+        return nnx.merge(graphdef, jax.tree.unflatten(treedef, arrays)).decode_step(tokens, cache)
+
+    return step_fn
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Greedy decoding
+# ----------------------------------------------------------------------------------------------------------------
+
+
+class _GreedyState(NamedTuple):
+    tokens: jax.Array  # [B, T] int32: the output so far, 0 beyond the current step
+    last: jax.Array  # [B] int32: the token fed at the next step (0 = start token)
+    ended: jax.Array  # [B] bool: the row has emitted EOS
+    cache: DecodeCache  # cache.index is the current step
+
+
+@functools.partial(nnx.jit, static_argnums=(2, 3))
+def _greedy_decode(model: T5, encoder_input_tokens: jax.Array, max_decode_len: int, eos_id: int) -> jax.Array:
+    batch = encoder_input_tokens.shape[0]
+    cache = model.init_cache(model.encode(encoder_input_tokens), encoder_input_tokens, max_decode_len)
+    step_fn = _make_step_fn(model)
+
+    def not_done(state: _GreedyState) -> jax.Array:
+        return (state.cache.index < max_decode_len) & ~jnp.all(state.ended)
+
+    def step(state: _GreedyState) -> _GreedyState:
+        logits, cache = step_fn(state.last, state.cache)
+        token = jnp.where(state.ended, PAD_ID, jnp.argmax(logits, axis=-1).astype(jnp.int32))
+        tokens = state.tokens.at[:, state.cache.index].set(token)
+        return _GreedyState(tokens, token, state.ended | (token == eos_id), cache)
+
+    start = _GreedyState(jnp.zeros((batch, max_decode_len), jnp.int32), jnp.full((batch,), PAD_ID, jnp.int32),
+                         jnp.zeros((batch,), bool), cache)
+    return jax.lax.while_loop(not_done, step, start).tokens
+
+
+def greedy_decode(model: T5, encoder_input_tokens: jax.Array, max_decode_len: int, *, eos_id: int = EOS_ID
+                  ) -> jax.Array:
+    """Argmax decoding: encoder tokens [B, S] int (0 = padding) -> int32 [B, T].
+
+    Each row is its argmax continuation up to and including its first EOS, then padding 0.
+    """
+    return _greedy_decode(model, jnp.asarray(encoder_input_tokens, jnp.int32), max_decode_len, eos_id)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Beam search
+# ----------------------------------------------------------------------------------------------------------------
+
+
+class _BeamState(NamedTuple):
+    live_seqs: jax.Array  # [B, K, T + 1] int32: hypotheses without EOS; column 0 is the start token
+    live_logprobs: jax.Array  # [B, K] float32: their log-likelihoods; -inf marks an empty slot
+    best_seq: jax.Array  # [B, T + 1] int32: the best finished (EOS-ended) hypothesis so far
+    best_score: jax.Array  # [B] float32: its log-likelihood / brevity penalty; -inf until one finishes
+    cache: DecodeCache  # over B * K rows, row b * K + k for beam k of example b; cache.index is the step
+
+
+def _reorder_beams(cache: DecodeCache, parents: jax.Array) -> DecodeCache:
+    """Self-attention keys/values of row (b, k) <- those of row (b, parents[b, k]); parents [B, K]."""
+    batch, beams = parents.shape
+    rows = (jnp.arange(batch)[:, None] * beams + parents).reshape(-1)
+    # The encoder keys/values and mask are the same for every beam of an example: nothing to move there.
+    return cache._replace(self_k=cache.self_k[:, rows], self_v=cache.self_v[:, rows])
+
+
+def _beam_step(step_fn, state: _BeamState, alpha: jax.Array, eos_id: int) -> _BeamState:
+    step = state.cache.index
+    batch, beams, _ = state.live_seqs.shape
+    logits, cache = step_fn(state.live_seqs[:, :, step].reshape(-1), state.cache)
+    vocab = logits.shape[-1]
+    logprobs = jax.nn.log_softmax(logits).reshape(batch, beams, vocab) + state.live_logprobs[..., None]
+    # Keep 2K candidates: even if K of them end here, K remain to carry on (as t5x does).
+    cand_logprobs, cand = jax.lax.top_k(logprobs.reshape(batch, beams * vocab), 2 * beams)  # [B, 2K]
+    parents, tokens = cand // vocab, cand % vocab
+    cand_seqs = jnp.take_along_axis(state.live_seqs, parents[..., None], axis=1).at[:, :, step + 1].set(tokens)
+    ends = tokens == eos_id
+
+    # Live: the K most likely candidates that did not end; the cache follows their parents.
+    live_logprobs, keep = jax.lax.top_k(jnp.where(ends, -jnp.inf, cand_logprobs), beams)  # [B, K]
+    live_seqs = jnp.take_along_axis(cand_seqs, keep[..., None], axis=1)
+    cache = _reorder_beams(cache, jnp.take_along_axis(parents, keep, axis=1))
+
+    # Finished: only the best one per example is returned, so only the best one is kept.
+    scores = jnp.where(ends, cand_logprobs, -jnp.inf) / brevity_penalty(alpha, step + 1)  # length incl. EOS
+    top = jnp.argmax(scores, axis=1)
+    score = jnp.take_along_axis(scores, top[:, None], axis=1)[:, 0]
+    seq = jnp.take_along_axis(cand_seqs, top[:, None, None], axis=1)[:, 0]
+    better = score > state.best_score
+    return _BeamState(live_seqs, live_logprobs, jnp.where(better[:, None], seq, state.best_seq),
+                      jnp.where(better, score, state.best_score), cache)
+
+
+def _can_improve(state: _BeamState, alpha: jax.Array, max_decode_len: int) -> jax.Array:
+    """[B] bool: could a live hypothesis still finish with a better score than the best finished one?
+
+    Log-likelihoods only fall as a hypothesis grows, so its best possible score is its log-likelihood now over the
+    largest penalty it can still get (at the longest length for alpha >= 0, at the next length for alpha < 0).
+    """
+    largest_penalty = jnp.maximum(brevity_penalty(alpha, state.cache.index + 1), brevity_penalty(alpha, max_decode_len))
+    return jnp.max(state.live_logprobs, axis=1) / largest_penalty > state.best_score
+
+
+@functools.partial(nnx.jit, static_argnums=(2, 3, 5))
+def _beam_search(model: T5, encoder_input_tokens: jax.Array, max_decode_len: int, beam_size: int,
+                 alpha: jax.Array, eos_id: int) -> tuple[jax.Array, jax.Array]:
+    batch = encoder_input_tokens.shape[0]
+    # Encode once per example, then give every beam its own copy of the cache.
+    encoded = jnp.repeat(model.encode(encoder_input_tokens), beam_size, axis=0)  # [B * K, S, D]
+    cache = model.init_cache(encoded, jnp.repeat(encoder_input_tokens, beam_size, axis=0), max_decode_len)
+    # Only beam 0 is live at first: K copies of the same start would fill the beam with duplicates.
+    live_logprobs = jnp.full((batch, beam_size), -jnp.inf).at[:, 0].set(0.0)
+    start = _BeamState(jnp.zeros((batch, beam_size, max_decode_len + 1), jnp.int32), live_logprobs,
+                       jnp.zeros((batch, max_decode_len + 1), jnp.int32), jnp.full((batch,), -jnp.inf), cache)
+
+    step_fn = _make_step_fn(model)
+
+    def not_done(state: _BeamState) -> jax.Array:
+        return (state.cache.index < max_decode_len) & jnp.any(_can_improve(state, alpha, max_decode_len))
+
+    step = lambda state: _beam_step(step_fn, state, alpha, eos_id)
+
+    final = jax.lax.while_loop(not_done, step, start)
+    # No hypothesis finished (the loop ran to the end): fall back on the most likely live one, full length.
+    best_live = jnp.argmax(final.live_logprobs, axis=1)
+    live_seq = jnp.take_along_axis(final.live_seqs, best_live[:, None, None], axis=1)[:, 0]
+    live_score = final.live_logprobs.max(axis=1) / brevity_penalty(alpha, max_decode_len)
+    none_finished = final.best_score == -jnp.inf
+    tokens = jnp.where(none_finished[:, None], live_seq, final.best_seq)[:, 1:]  # drop the start token
+    return tokens, jnp.where(none_finished, live_score, final.best_score)
+
+
+def beam_search(model: T5, encoder_input_tokens: jax.Array, max_decode_len: int, *, beam_size: int = 4,
+                alpha: float = 0.6, eos_id: int = EOS_ID) -> tuple[jax.Array, jax.Array]:
+    """t5x-style beam search: encoder tokens [B, S] -> (int32 tokens [B, T], float32 scores [B]).
+
+    Returns the best finished hypothesis of each row (EOS kept, padding 0 after it) with its score
+    log p / brevity_penalty(alpha, length). A row where no hypothesis reached EOS within T tokens gets its most
+    likely live one, scored with the penalty of length T (t5x returns the unpenalised log p there).
+    """
+    return _beam_search(model, jnp.asarray(encoder_input_tokens, jnp.int32), max_decode_len, beam_size,
+                        jnp.asarray(alpha, jnp.float32), eos_id)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Scoring given targets
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@nnx.jit
+def _score(model: T5, encoder_input_tokens: jax.Array, decoder_target_tokens: jax.Array,
+           decoder_loss_weights: jax.Array) -> jax.Array:
+    # Teacher forcing: the decoder sees the targets shifted right behind the start token.
+    decoder_input_tokens = jnp.pad(decoder_target_tokens[:, :-1], ((0, 0), (1, 0)), constant_values=PAD_ID)
+    logprobs = jax.nn.log_softmax(model(encoder_input_tokens, decoder_input_tokens))  # [B, T, V]
+    target_logprobs = jnp.take_along_axis(logprobs, decoder_target_tokens[..., None], axis=-1)[..., 0]
+    return jnp.sum(target_logprobs * decoder_loss_weights, axis=1)
+
+
+def score(model: T5, encoder_input_tokens: jax.Array, decoder_target_tokens: jax.Array,
+          decoder_loss_weights: jax.Array | None = None) -> jax.Array:
+    """Log-likelihood of given targets: [B, S], [B, T] int -> float32 [B], the weighted sum over target tokens.
+
+    Weights default to 1 on non-padding targets (what seqio's EncDecFeatureConverter gives for unpacked data).
+    For rank-based evaluation (seqio.Evaluator's score_fn).
+    """
+    targets = jnp.asarray(decoder_target_tokens, jnp.int32)
+    weights = targets != PAD_ID if decoder_loss_weights is None else decoder_loss_weights
+    return _score(model, jnp.asarray(encoder_input_tokens, jnp.int32), targets, jnp.asarray(weights, jnp.float32))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# seqio-style batches
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def predict_batch(model: T5, batch: dict, *, beam_size: int = 1, alpha: float = 0.6, eos_id: int = EOS_ID,
+                  max_decode_len: int | None = None) -> jax.Array:
+    """Decode a feature-converted batch: greedy for beam_size 1, else beam search -> int32 [B, T].
+
+    T is `max_decode_len`, by default the length of `batch["decoder_target_tokens"]` (as t5x decodes).
+    """
+    if max_decode_len is None:
+        max_decode_len = batch["decoder_target_tokens"].shape[1]
+    if beam_size == 1:
+        return greedy_decode(model, batch["encoder_input_tokens"], max_decode_len, eos_id=eos_id)
+    tokens, _ = beam_search(model, batch["encoder_input_tokens"], max_decode_len, beam_size=beam_size, alpha=alpha,
+                            eos_id=eos_id)
+    return tokens
+
+
+def score_batch(model: T5, batch: dict) -> jax.Array:
+    """`score` of a feature-converted batch (`decoder_loss_weights` used when present) -> float32 [B]."""
+    return score(model, batch["encoder_input_tokens"], batch["decoder_target_tokens"],
+                 batch.get("decoder_loss_weights"))
