@@ -21,6 +21,9 @@ setup(
         "tensorflow-text>=2.16,<2.22",
         "tensorflow-datasets>=4.9,<5",
         "sentencepiece>=0.2,<0.3",
+        # Fine-tuning metrics (MCC, F1, Pearson, Spearman).
+        "scikit-learn>=1.4,<2",
+        "scipy>=1.11,<2",
         # Training: optimizer, checkpoints, metrics.
         "optax>=0.2.4,<0.3",
         "orbax-checkpoint>=0.11,<0.13",

@@ -64,6 +64,8 @@ def _register() -> None:
             output_features=output_features(vocab.embedded_vocabulary()),
             metric_fns=[],
         )
+    from t5scale.data.finetune_tasks import register_finetune_tasks  # here: that module imports this one
+    register_finetune_tasks()
 
 
 register_tasks = functools.cache(_register)
