@@ -214,7 +214,7 @@ def _run_training(model_cfg: config_lib.ModelConfig) -> dict:
     vocab_size = provider.output_features["targets"].vocabulary.vocab_size
     # The embedding covers the task's vocabulary, padded to a multiple of 128 (32100 -> 32128 for T5's).
     model_cfg = model_cfg.replace(vocab_size=-(-vocab_size // 128) * 128)
-    print(f"t5scale: {model_cfg.name} ({count_params(model_cfg).total / 1e6:.1f}M params) on "
+    print(f"t5scale: {model_cfg.name or 'a custom shape'} ({count_params(model_cfg).total / 1e6:.1f}M params) on "
           f"{data_cfg.mixture_or_task_name}, {train_cfg.train_steps} steps of {data_cfg.batch_size} -> "
           f"{train_cfg.model_dir}" + (f", from {train_cfg.initial_checkpoint_path}"
                                       if train_cfg.initial_checkpoint_path else ""))
@@ -224,8 +224,8 @@ def _run_training(model_cfg: config_lib.ModelConfig) -> dict:
           f"checkpoints, config.json, metrics.jsonl and TensorBoard events in {result.model_dir}")
     if result.target_tokens_per_s:
         mfu = f"{result.mfu:.1%} ({result.mfu_peak})" if result.mfu is not None else f"unknown ({result.mfu_peak})"
-        print(f"throughput of the last {train_cfg.log_every} steps: {result.target_tokens_per_s:,.0f} target "
-              f"tokens/s, MFU {mfu}")
+        print(f"throughput over the last logged steps (at most {train_cfg.log_every}): "
+              f"{result.target_tokens_per_s:,.0f} target tokens/s, MFU {mfu}")
     return dataclasses.asdict(result)
 
 

@@ -14,6 +14,7 @@ decoder_positions.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 from typing import Iterator, Mapping
 
@@ -69,7 +70,9 @@ def make_dataset(cfg: DataConfig, shard_index: int = 0, num_shards: int = 1) -> 
             provider, task_feature_lengths=cfg.task_feature_lengths,
             feature_converter=seqio.EncDecFeatureConverter(pack=cfg.pack),
             dataset_split=cfg.split, use_cached=cfg.use_cached, shuffle=cfg.shuffle,
-            num_epochs=cfg.num_epochs, shard_info=seqio.ShardInfo(shard_index, num_shards),
+            num_epochs=cfg.num_epochs,
+            # One host reads everything; no need to list the source's files (TFDS mock data has none).
+            shard_info=seqio.ShardInfo(shard_index, num_shards) if num_shards > 1 else None,
             seed=cfg.seed, batch_size=cfg.host_batch_size(num_shards), verbose=False)
     except (ValueError, KeyError, tf.errors.NotFoundError, AssertionError) as error:
         _raise_if_tfds_data_missing(provider, cfg, error)
@@ -77,7 +80,7 @@ def make_dataset(cfg: DataConfig, shard_index: int = 0, num_shards: int = 1) -> 
 
 
 def _raise_if_tfds_data_missing(provider, cfg: DataConfig, error: Exception) -> None:
-    tasks = provider.get_subtasks() if isinstance(provider, seqio.Mixture) else [provider]
+    tasks = provider.tasks if isinstance(provider, seqio.Mixture) else [provider]
     for task in tasks:
         if isinstance(task.source, seqio.TfdsDataSource):
             name = task.source.tfds_dataset.name
@@ -90,11 +93,17 @@ def _raise_if_tfds_data_missing(provider, cfg: DataConfig, error: Exception) -> 
 
 
 class BatchIterator:
-    """Numpy batches from a tf.data pipeline, whose position can be saved and restored exactly."""
+    """Numpy batches from a tf.data pipeline, whose position can be saved and restored exactly.
+
+    A pipeline with Python code in it (`tf.py_function`, `from_generator`) has no savable position: saving then
+    writes `<path>.not_saved` with the reason, and restoring from it starts the data again from the beginning.
+    Both warn.
+    """
 
     def __init__(self, dataset: tf.data.Dataset):
         self._iterator = iter(dataset)
         self._checkpoint = tf.train.Checkpoint(iterator=self._iterator)
+        self._savable = True
 
     def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
         return self
@@ -103,10 +112,25 @@ class BatchIterator:
         return {name: value.numpy() for name, value in next(self._iterator).items()}
 
     def save(self, path: str) -> str:
-        """Write the position (and any shuffle buffer) under the prefix `path`; returns the written prefix."""
-        return self._checkpoint.write(path)
+        """Write the position (and any shuffle buffer) under the prefix `path`; returns the written path."""
+        if self._savable:
+            try:
+                return self._checkpoint.write(path)
+            except tf.errors.FailedPreconditionError as error:  # "PyFunc is stateful"
+                self._savable = False
+                self._reason = error.message.splitlines()[0].split("}} ")[-1]
+                logging.warning("The input pipeline's position cannot be saved (%s): a restart will read the data "
+                                "from its beginning.", self._reason)
+        tf.io.gfile.makedirs(os.path.dirname(path))
+        with tf.io.gfile.GFile(path + ".not_saved", "w") as f:
+            f.write(self._reason + "\n")
+        return path + ".not_saved"
 
     def restore(self, path: str) -> None:
+        if tf.io.gfile.exists(path + ".not_saved"):
+            logging.warning("No input-pipeline position was saved at %s (a pipeline with Python code): reading the "
+                            "data from its beginning.", path)
+            return
         if not tf.io.gfile.exists(path + ".index"):
             raise FileNotFoundError(f"No data-iterator state at {path} (expected {path}.index).")
         self._checkpoint.read(path).assert_consumed()

@@ -85,3 +85,26 @@ def test_bad_config_is_rejected(changes, culprit):
     with pytest.raises(ValueError) as error:
         DataConfig(**changes)
     assert culprit in str(error.value)
+
+
+def test_a_pipeline_with_python_code_saves_no_position_and_restarts_from_its_beginning(tmp_path, caplog):
+    import tensorflow as tf
+
+    from t5scale.data.pipeline import BatchIterator
+
+    def make():
+        rows = tf.data.Dataset.from_generator(lambda: ({"x": [i]} for i in range(10)),
+                                              output_signature={"x": tf.TensorSpec([1], tf.int32)})
+        return BatchIterator(rows)
+
+    batches = make()
+    next(batches)
+    path = str(tmp_path / "data_state" / "process_0")
+    assert batches.save(path) == path + ".not_saved"
+    assert "stateful" in (tmp_path / "data_state" / "process_0.not_saved").read_text()
+    assert "cannot be saved" in caplog.text
+    assert next(batches)["x"].tolist() == [1]  # saving did not disturb the iterator
+    restarted = make()
+    restarted.restore(path)
+    assert next(restarted)["x"].tolist() == [0]
+    assert "from its beginning" in caplog.text

@@ -1,0 +1,94 @@
+"""t5scale.evaluate: pretrain -> `t5scale finetune` -> `t5scale eval` through the real task definitions (TFDS
+mocked, the embedded vocabulary instead of T5's), and the summary's averages and table."""
+
+import json
+
+import pytest
+import seqio
+import tensorflow_datasets as tfds
+
+from t5scale import cli
+from t5scale.data import finetune_tasks as ft
+from t5scale.data import metrics as metrics_lib
+from t5scale.data import vocab
+from t5scale.evaluate import EvalConfig, benchmark_averages, evaluate, format_table
+from tests.train.run_training import run
+
+OFFLINE = "_offline"
+TASKS = ("glue_rte_v002", "super_glue_cb_v102", ft.SQUAD)  # one GLUE, one SuperGLUE, SQuAD
+MIXTURE = "e2e_rte_cb_squad_offline"
+LENGTHS = "{'inputs': 64, 'targets': 16}"
+
+
+@pytest.fixture(scope="module")
+def mixture():
+    names = [ft.copy_with_vocabulary(task, vocab.embedded_vocabulary(), OFFLINE) for task in TASKS]
+    if MIXTURE not in seqio.MixtureRegistry.names():
+        seqio.MixtureRegistry.add(MIXTURE, [(name, 1.0) for name in names])
+    return names
+
+
+@pytest.fixture(scope="module")
+def finetuned(mixture, tmp_path_factory):
+    """A tiny model pretrained 2 steps, then fine-tuned 3 steps on the mixture by the CLI with finetune.gin."""
+    pretrained = tmp_path_factory.mktemp("pretrained")
+    run(str(pretrained), 2)
+    model_dir = tmp_path_factory.mktemp("finetuned")
+    monkeypatch = pytest.MonkeyPatch()
+    monkeypatch.setattr(seqio.TfdsDataSource, "num_input_examples", lambda self, split: None)  # mock: no sizes
+    with tfds.testing.mock_data(num_examples=12):
+        code = cli.main(["finetune", "--gin_file=runs/finetune.gin", f"--gin.MODEL_DIR='{model_dir}'",
+                         f"--gin.INITIAL_CHECKPOINT_PATH='{pretrained}/checkpoint_2'", "--gin.TRAIN_STEPS=3",
+                         f"--gin.MIXTURE_OR_TASK_NAME='{MIXTURE}'", f"--gin.TASK_FEATURE_LENGTHS={LENGTHS}",
+                         "--gin.BATCH_SIZE=4"])
+        assert code == 0
+        yield model_dir, monkeypatch
+    monkeypatch.undo()
+
+
+def test_finetune_then_eval_writes_metrics_for_a_glue_a_super_glue_and_the_squad_task(finetuned, mixture, capsys):
+    model_dir, _ = finetuned
+    config = json.loads((model_dir / "config.json").read_text())
+    assert config["model"]["dropout_rate"] == 0.1  # finetune.gin's DROPOUT_RATE
+    assert config["train"]["initial_checkpoint_path"].endswith("checkpoint_2")
+    out = model_dir / "eval"
+    code = cli.main(["eval", "--gin_file=runs/eval.gin", f"--gin.CHECKPOINT_PATH='{model_dir}'",
+                     f"--gin.MIXTURE_OR_TASK_NAME='{MIXTURE}'", f"--gin.EVAL_OUTPUT_DIR='{out}'",
+                     f"--gin.TASK_FEATURE_LENGTHS={LENGTHS}", "--gin.BATCH_SIZE=5"])  # 12 rows: a padded batch
+    assert code == 0
+    summary = json.loads((out / "metrics.json").read_text())
+    assert summary["step"] == 3 and summary["checkpoint"].endswith("checkpoint_3")
+    assert set(summary["tasks"]) == set(mixture)
+    glue, super_glue, squad = (summary["tasks"][name] for name in mixture)
+    assert set(glue) == {"accuracy"}
+    assert set(super_glue) == {"accuracy", "mean_3class_f1"}
+    assert set(squad) == {"em", "f1"}
+    for values in summary["tasks"].values():
+        assert all(0 <= value <= 100 for value in values.values()), values
+    assert summary["averages"] == {}  # only 2 of GLUE's 8 and SuperGLUE's 8 tasks
+    for name in mixture:  # seqio's per-task predictions, one line per validation example
+        assert len((out / f"{name}-000003.jsonl").read_text().splitlines()) == 12
+    printed = capsys.readouterr().out
+    assert "squad_v010_allanswers_offline  em" in printed
+
+
+def test_beam_search_evaluates_too(finetuned, mixture, tmp_path):
+    model_dir, _ = finetuned
+    cfg = EvalConfig(checkpoint_path=str(model_dir / "checkpoint_3"), mixture_or_task_name=mixture[0],
+                     output_dir=str(tmp_path), task_feature_lengths={"inputs": 64, "targets": 16}, batch_size=4,
+                     beam_size=3, num_examples=6)
+    summary = evaluate(cfg)
+    assert set(summary["tasks"]) == {mixture[0]}
+    assert len((tmp_path / f"{mixture[0]}-000003.jsonl").read_text().splitlines()) == 6
+
+
+def test_benchmark_averages_are_reported_once_every_task_is_there():
+    tasks = {}
+    for entry in metrics_lib.GLUE_AVERAGE_TASKS:
+        for i, name in enumerate([entry] if isinstance(entry, str) else entry):
+            tasks[name] = {"accuracy": 80.0 + 10 * i}  # MNLI-m 80, MNLI-mm 90: pooled into one entry of 85
+    want = (7 * 80 + 85) / 8
+    assert benchmark_averages(tasks) == {"glue_average": pytest.approx(want)}
+    assert benchmark_averages({k: v for k, v in tasks.items() if k != "glue_rte_v002"}) == {}
+    table = format_table({"tasks": tasks, "averages": benchmark_averages(tasks)})
+    assert table.splitlines()[-1].split() == ["glue_average", f"{want:.2f}"]
