@@ -248,16 +248,29 @@ def cmd_eval(args, gin_files, bindings) -> dict:
 
 
 def cmd_demo(args, gin_files, bindings) -> None:
-    """Embedded default: the shape table, then a tiny shape pretrained on the embedded corpus on this machine."""
-    print("t5scale demo 1/2: named shapes (params and training FLOPs from the config alone)\n")
+    """Embedded default: the shape table, then pretrain -> fine-tune -> eval of a tiny shape on this machine."""
+    print("t5scale demo 1/3: named shapes (params and training FLOPs from the config alone)\n")
     print(format_table([shape_row(config_lib.shape(name)) for name in DEMO_SHAPES]))
     model_dir = f"runs/demo-{time.strftime('%Y%m%d-%H%M%S')}"
-    print("\nt5scale demo 2/2: pretraining on span corruption of CPython's own prose (gin/runs/demo.gin)")
-    demo_bindings = [f"MODEL_DIR='{model_dir}'", *bindings]
-    result = cmd_train(args, ["runs/demo.gin", *gin_files], demo_bindings)
+
+    print("\nt5scale demo 2/3: pretraining on span corruption of CPython's own prose (gin/runs/demo.gin)")
+    result = cmd_train(args, ["runs/demo.gin", *gin_files], [f"MODEL_DIR='{model_dir}'", *bindings])
     losses = [json.loads(line)["loss"] for line in pathlib.Path(result["model_dir"], "metrics.jsonl").open()]
     print(f"training loss: first step {losses[0]:.3f}, last step {losses[-1]:.3f} "
           f"(mean of first 10 {sum(losses[:10]) / 10:.3f}, last 10 {sum(losses[-10:]) / 10:.3f})")
+
+    print("\nt5scale demo 3/3: fine-tuning it on embedded_sst2, SST-2's format on sentences of CPython's docs "
+          "(gin/runs/demo_finetune.gin), then evaluating")
+    finetuned = f"{model_dir}/finetune"
+    cmd_finetune(args, ["runs/demo_finetune.gin"], [f"MODEL_DIR='{finetuned}'",
+                                                    f"INITIAL_CHECKPOINT_PATH='{model_dir}'"])
+    cmd_eval(args, ["runs/eval.gin"], [f"CHECKPOINT_PATH='{finetuned}'", "MIXTURE_OR_TASK_NAME='embedded_sst2'",
+                                       f"EVAL_OUTPUT_DIR='{finetuned}/eval'"])
+    from t5scale.data.finetune_tasks import demo_examples
+
+    labels = [example["label"] for example in demo_examples("validation")]
+    majority = 100 * max(labels.count(0), labels.count(1)) / len(labels)
+    print(f"(always answering the more frequent label would score {majority:.2f})")
     print(f"TensorBoard: tensorboard --logdir {model_dir}")
 
 
@@ -274,7 +287,7 @@ def make_parser() -> argparse.ArgumentParser:
     finetune.set_defaults(run=cmd_finetune)
     evaluate = commands.add_parser("eval", help="metrics of a checkpoint on tasks (--gin_file=gin/runs/eval.gin)")
     evaluate.set_defaults(run=cmd_eval)
-    demo = commands.add_parser("demo", help="the shape table, then pretraining a tiny shape on this machine")
+    demo = commands.add_parser("demo", help="shape table; pretrain, fine-tune, eval a tiny shape here")
     demo.set_defaults(run=cmd_demo)
     return parser
 
