@@ -72,9 +72,15 @@ class Checkpointer:
         self._manager.close()
 
 
+def _absolute(path: str) -> epath.Path:
+    """orbax wants absolute paths; a relative local one is taken from the working directory."""
+    path = epath.Path(path)
+    return path if path.is_absolute() else path.resolve()
+
+
 def restore_params(checkpoint_path: str, abstract_params: Any) -> Any:
     """Only the params of a t5scale checkpoint (`.../checkpoint_<step>`), for warm starts."""
-    path = epath.Path(checkpoint_path)
+    path = _absolute(checkpoint_path)
     if not (path / STATE).exists():
         raise FileNotFoundError(f"{path} is not a t5scale checkpoint: no {STATE}/ in it. "
                                 "Point it at a MODEL_DIR/checkpoint_<step> directory.")
@@ -87,8 +93,8 @@ def restore_params(checkpoint_path: str, abstract_params: Any) -> Any:
 
 def resolve_checkpoint(path: str, name: str = "checkpoint path") -> epath.Path:
     """`MODEL_DIR/checkpoint_<step>` as given, or the newest one in a MODEL_DIR. `name` is the user's name for
-    `path` in the error."""
-    path = epath.Path(path)
+    `path` in the error. Returns an absolute path."""
+    path = _absolute(path)
     if (path / STATE).exists():
         return path
     steps = sorted((int(p.name.removeprefix("checkpoint_")), p) for p in (path.glob("checkpoint_*") if path.exists()
