@@ -42,6 +42,27 @@ def model_config(shape: str = "small", EL=None, DL=None, NL=None, DM=None, KV=No
                             remat=remat)
 
 
+def _tolerate_namespace_packages() -> None:
+    """gin also looks for `a/b.gin` inside a Python package `a`; when `a` resolves to a namespace package (any
+    folder `a/` in the working directory, like the demo's `runs/`) its check raises TypeError instead of saying
+    "not here". Make that check say "not here", so gin goes on to its search path."""
+    from gin import config as gin_config
+    from gin import resource_reader
+
+    for i, (reader, exists) in enumerate(gin_config._FILE_READERS):
+        if exists is resource_reader.system_path_file_exists:
+            def exists_or_not(path, exists=exists):
+                try:
+                    return exists(path)
+                except TypeError:
+                    return False
+
+            gin_config._FILE_READERS[i] = (reader, exists_or_not)
+
+
+_tolerate_namespace_packages()
+
+
 def parse_gin(gin_files: list[str], bindings: list[str]) -> None:
     """Parse gin files (later wins) then bindings, t5x style. Errors become one UsageError line.
 

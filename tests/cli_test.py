@@ -71,3 +71,14 @@ def test_gin_files_cover_every_base_size():
     names = {path.stem for path in (REPO / "gin" / "models").glob("*.gin")}
     assert {"tiny", "mini", "small", "base", "large", "xl", "xxl"} <= names
     assert {f"t5_1_1_{size}" for size in ("small", "base", "large", "xl", "xxl")} <= names
+
+
+def test_gin_includes_work_with_folders_of_the_same_names_in_the_working_directory(capsys, tmp_path, monkeypatch):
+    """`make demo` leaves runs/ in the repository; gin used to crash on include 'runs/...' from there."""
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "models").mkdir()
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))  # as `python -m t5scale` or pytest put the working directory first
+    code, out, err = run(capsys, "shapes", "--gin_file=models/small.gin", "--gin.EL=16", "--json")
+    assert code == 0, err
+    assert json.loads(out)[0]["name"] == "small-el16"
