@@ -24,9 +24,12 @@ test: $(STAMP)
 test-all: $(STAMP)
 	$(BIN)/python -m pytest -q -m "slow or not slow" tests
 
-# Benchmarks print ratios and rates measured in one run; never run two at once on a small machine.
+# Benchmarks print ratios measured in one run (t5scale vs transformers/PyTorch, needs the [hf] extra); they run
+# one after another: never run two at once, or next to tests, on a small machine. See benchmarks/README.md.
 bench: $(STAMP)
-	$(BIN)/python benchmarks/data_pipeline.py
+	$(BIN)/pip install --quiet "torch>=2.4,<3"  # first: a CPU build where one is at hand, before transformers asks
+	$(BIN)/pip install --quiet -e ".[hf]"
+	$(BIN)/python benchmarks/run_all.py
 
 # Regenerate the Hugging Face parity fixtures (needs the [hf] extra: torch + transformers).
 fixtures: $(STAMP)

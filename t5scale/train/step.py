@@ -34,7 +34,9 @@ def cross_entropy(logits: jax.Array, targets: jax.Array, weights: jax.Array, z_l
     return {
         "loss": jnp.sum((log_z - target_logit + z_term) * weights),
         "z_loss": jnp.sum(z_term * weights),
-        "correct": jnp.sum((jnp.argmax(logits, -1) == targets) * weights),
+        # The target is the top prediction iff its logit is the max: a compare instead of an argmax pass over
+        # [batch, length, vocab] (~1% of a small-shape step on CPU). Ties count as correct.
+        "correct": jnp.sum((target_logit >= jnp.max(logits, axis=-1)) * weights),
         "tokens": jnp.sum(weights),
     }
 
