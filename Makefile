@@ -27,7 +27,8 @@ test-all: $(STAMP)
 # Benchmarks print ratios measured in one run (t5scale vs transformers/PyTorch, needs the [hf] extra); they run
 # one after another: never run two at once, or next to tests, on a small machine. See benchmarks/README.md.
 bench: $(STAMP)
-	$(BIN)/pip install --quiet "torch>=2.4,<3"  # first: a CPU build where one is at hand, before transformers asks
+	# torch first, pinned: a wheel of this version is at hand on the CPU machines; a bare range pulls a CUDA build.
+	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install --quiet torch==2.13.0
 	$(BIN)/pip install --quiet -e ".[hf]"
 	$(BIN)/python benchmarks/run_all.py
 
