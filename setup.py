@@ -39,5 +39,5 @@ setup(
         "tpu": ["jax[tpu]>=0.7,<0.11"],
         "gpu": ["jax[cuda12]>=0.7,<0.11"],
     },
-    entry_points={"console_scripts": ["t5scale=t5scale.cli:main"]},
+    entry_points={"console_scripts": ["t5scale=t5scale.cli:entry_point"]},
 )

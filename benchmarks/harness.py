@@ -21,15 +21,21 @@ import tempfile
 import time
 from typing import Callable
 
-import jax
-import jax.numpy as jnp
-import numpy as np
-from flax import nnx
+from t5scale.malloc import reexec_with_reused_memory
 
-import t5scale
-from t5scale.config import ModelConfig
-from t5scale.train.optim import OptimConfig, Schedule, make_optimizer
-from t5scale.train.step import TrainState, make_train_step
+# Both sides run with malloc keeping freed memory (as the `t5scale` command does): without it every step of either
+# side faults its temporaries back in, and a side that runs after the other pays for the other's freed memory.
+reexec_with_reused_memory()
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+from flax import nnx  # noqa: E402
+
+import t5scale  # noqa: E402
+from t5scale.config import ModelConfig  # noqa: E402
+from t5scale.train.optim import OptimConfig, Schedule, make_optimizer  # noqa: E402
+from t5scale.train.step import TrainState, make_train_step  # noqa: E402
 
 # A smoke-test shape: every dimension small, vocab above the embedded vocabulary's 2100 ids (so a real batch from
 # the span-corruption pipeline fits) and a multiple of 128 like T5's.
@@ -174,12 +180,17 @@ def set_torch_threads(threads: int | None) -> int:
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def interleaved(runs: dict[str, Callable[[int], object]], *, rounds: int, steps: int) -> dict[str, list[float]]:
+def interleaved(runs: dict[str, Callable[[int], object]], *, rounds: int, steps: int, pause_s: float = 1.0
+                ) -> dict[str, list[float]]:
     """Seconds per step of each run, one entry per round: `steps` steps of each run per round, the runs taking
-    turns in ABBA order. Each `run(n)` must return only after its n steps are done (a host sync)."""
+    turns in ABBA order. Each `run(n)` must return only after its n steps are done (a host sync).
+
+    Each run starts after a `pause_s` pause: OpenMP (torch) and XLA's thread pools keep spinning for a while after
+    their work ends, and would otherwise slow down whichever side runs next."""
     seconds: dict[str, list[float]] = {name: [] for name in runs}
     for r in range(rounds):
         for name in (list(runs) if r % 2 == 0 else list(reversed(runs))):
+            time.sleep(pause_s)
             tic = time.perf_counter()
             runs[name](steps)
             seconds[name].append((time.perf_counter() - tic) / steps)

@@ -1,5 +1,3 @@
-import sys
+from t5scale.cli import entry_point
 
-from t5scale.cli import main
-
-sys.exit(main())
+entry_point()

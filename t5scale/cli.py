@@ -329,5 +329,13 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
+def entry_point() -> None:
+    """The `t5scale` command: first restart with malloc tuned for XLA's per-step temporaries (t5scale.malloc)."""
+    from t5scale.malloc import reexec_with_reused_memory
+
+    reexec_with_reused_memory()
     sys.exit(main())
+
+
+if __name__ == "__main__":
+    entry_point()
