@@ -117,13 +117,16 @@ class Attention(nnx.Module):
         k = self.key(x)
         return k, (k if self.value is None else self.value(x))
 
-    def attend(self, q: jax.Array, k: jax.Array, v: jax.Array, bias: jax.Array,
-               rngs: nnx.Rngs | None) -> jax.Array:
-        """q [b, l, n, h], k/v [b, m, n, h], bias broadcastable to [b, n, l, m] -> [b, l, d]."""
-        logits = jnp.einsum("blnh,bmnh->bnlm", q, k, preferred_element_type=jnp.float32) + bias
+    def attend(self, q: jax.Array, k: jax.Array, v: jax.Array, bias: jax.Array, rngs: nnx.Rngs | None, *,
+               heads_major: bool = False) -> jax.Array:
+        """q [b, l, n, h], k/v [b, m, n, h] ([b, n, m, h] if heads_major), bias broadcastable to [b, n, l, m]
+        -> [b, l, d]. The decoding cache is heads-major: the batched matmuls want (b, n) in front, and a cache in
+        the other layout would be transposed at every step."""
+        kv = "bnmh" if heads_major else "bmnh"
+        logits = jnp.einsum(f"blnh,{kv}->bnlm", q, k, preferred_element_type=jnp.float32) + bias
         weights = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
         weights = self.dropout(weights, deterministic=rngs is None, rngs=rngs)
-        return self.out(jnp.einsum("bnlm,bmnh->blnh", weights, v))
+        return self.out(jnp.einsum(f"bnlm,{kv}->blnh", weights, v))
 
     def __call__(self, x: jax.Array, kv_input: jax.Array, bias: jax.Array, rngs: nnx.Rngs | None) -> jax.Array:
         return self.attend(self.query(x), *self.project_kv(kv_input), bias, rngs)

@@ -34,12 +34,17 @@ _REMAT_POLICIES = {
 class DecodeCache(NamedTuple):
     """State for one-token-at-a-time decoding. Arrays are stacked over decoder layers."""
 
-    self_k: jax.Array  # [L, B, T_max, n, h] keys of the tokens decoded so far
-    self_v: jax.Array  # [L, B, T_max, n, h]
-    cross_k: jax.Array  # [L, B, S, n, h] encoder keys, projected once
-    cross_v: jax.Array  # [L, B, S, n, h]
+    self_k: jax.Array  # [L, B, n, T_max, h] keys of the tokens decoded so far (heads-major, see Attention.attend)
+    self_v: jax.Array  # [L, B, n, T_max, h]
+    cross_k: jax.Array  # [L, B, n, S, h] encoder keys, projected once
+    cross_v: jax.Array  # [L, B, n, S, h]
     encoder_valid: jax.Array  # [B, S] bool, False on encoder padding
     index: jax.Array  # int32 scalar: position of the next token
+
+
+def heads_major(x: jax.Array) -> jax.Array:
+    """[b, m, n, h] -> [b, n, m, h], the decoding cache's layout."""
+    return x.transpose(0, 2, 1, 3)
 
 
 class EncoderBlock(nnx.Module):
@@ -69,25 +74,28 @@ class DecoderBlock(nnx.Module):
 
     def __call__(self, x, encoded, self_bias, cross_bias, rngs, cache=None, index=None):
         """Full sequence (cache None) or one step: `cache` holds this layer's (self_k, self_v, cross_k, cross_v)
-        and `index` the step's position; returns (x, updated cache or None)."""
+        and `index` the step's position; returns (x, None or this step's (key, value) [B, n, 1, h], which the
+        caller writes into the cache: returning the whole updated cache would copy it at every step)."""
         drop = lambda y: self.dropout(y, deterministic=rngs is None, rngs=rngs)  # noqa: E731
         h = self.pre_self_attention_layer_norm(x)
         if cache is None:
             x = x + drop(self.self_attention(h, h, self_bias, rngs))
         else:
             self_k, self_v, cross_k, cross_v = cache
-            k, v = self.self_attention.project_kv(h)  # [B, 1, n, h]
-            self_k = jax.lax.dynamic_update_slice_in_dim(self_k, k.astype(self_k.dtype), index, axis=1)
-            self_v = jax.lax.dynamic_update_slice_in_dim(self_v, v.astype(self_v.dtype), index, axis=1)
-            x = x + drop(self.self_attention.attend(self.self_attention.query(h), self_k, self_v, self_bias, rngs))
-            cache = (self_k, self_v, cross_k, cross_v)
+            k, v = (heads_major(y).astype(self_k.dtype) for y in self.self_attention.project_kv(h))  # [B, n, 1, h]
+            self_k = jax.lax.dynamic_update_slice_in_dim(self_k, k, index, axis=2)
+            self_v = jax.lax.dynamic_update_slice_in_dim(self_v, v, index, axis=2)
+            x = x + drop(self.self_attention.attend(self.self_attention.query(h), self_k, self_v, self_bias, rngs,
+                                                    heads_major=True))
+            new_kv = (k, v)
         h = self.pre_cross_attention_layer_norm(x)
         if cache is None:
             x = x + drop(self.encoder_decoder_attention(h, encoded, cross_bias, rngs))
         else:
             q = self.encoder_decoder_attention.query(h)
-            x = x + drop(self.encoder_decoder_attention.attend(q, cross_k, cross_v, cross_bias, rngs))
-        return x + drop(self.mlp(self.pre_mlp_layer_norm(x), rngs)), cache
+            x = x + drop(self.encoder_decoder_attention.attend(q, cross_k, cross_v, cross_bias, rngs,
+                                                               heads_major=True))
+        return x + drop(self.mlp(self.pre_mlp_layer_norm(x), rngs)), None if cache is None else new_kv
 
 
 def _make_blocks(block_type: type[nnx.Module], cfg: ModelConfig, num_layers: int, rngs: nnx.Rngs):
@@ -163,7 +171,8 @@ class Decoder(nnx.Module):
         self.dropout = nnx.Dropout(cfg.dropout_rate)
 
     def __call__(self, embedded, encoded, self_bias, cross_bias, rngs, cache=None, index=None):
-        """embedded [B, T, D] -> hidden [B, T, D] after the final norm (and the updated per-layer cache)."""
+        """embedded [B, T, D] -> hidden [B, T, D] after the final norm (and each layer's new key/value when
+        decoding one step)."""
 
         def body(block, x, per_layer, shared):
             key, layer_cache = per_layer
@@ -256,20 +265,22 @@ class T5(nnx.Module):
         batch = encoded.shape[0]
 
         def body(block, x, per_layer, shared):
-            return x, block.encoder_decoder_attention.project_kv(encoded)
+            return x, tuple(map(heads_major, block.encoder_decoder_attention.project_kv(encoded)))
 
         _, (cross_k, cross_v) = _run_blocks(self.decoder.layers, cfg, cfg.num_decoder_layers, body, 0, None, None)
-        empty = jnp.zeros((cfg.num_decoder_layers, batch, max_decode_len, cfg.num_heads, cfg.d_kv), cfg.dtype)
+        empty = jnp.zeros((cfg.num_decoder_layers, batch, cfg.num_heads, max_decode_len, cfg.d_kv), cfg.dtype)
         return DecodeCache(empty, empty, cross_k, cross_v, encoder_input_tokens > 0, jnp.zeros((), jnp.int32))
 
     def decode_step(self, tokens: jax.Array, cache: DecodeCache) -> tuple[jax.Array, DecodeCache]:
         """One decoder position for every row: tokens [B] int -> (float32 logits [B, V], advanced cache)."""
-        max_len = cache.self_k.shape[2]
+        max_len = cache.self_k.shape[3]
         visible = (jnp.arange(max_len) <= cache.index)[None, None, None, :]
         self_bias = self.decoder.relpos_bias.at_position(cache.index, max_len) + jnp.where(visible, 0.0, NEG_INF)
         cross_bias = mask_to_bias(cache.encoder_valid[:, None, :])
         layer_cache = (cache.self_k, cache.self_v, cache.cross_k, cache.cross_v)
-        hidden, layer_cache = self.decoder(self.token_embedder(tokens[:, None]), None, self_bias, cross_bias,
-                                           None, layer_cache, cache.index)
-        new_cache = DecodeCache(*layer_cache, cache.encoder_valid, cache.index + 1)
+        hidden, (k, v) = self.decoder(self.token_embedder(tokens[:, None]), None, self_bias, cross_bias,
+                                      None, layer_cache, cache.index)  # k, v [L, B, n, 1, h]
+        new_cache = cache._replace(self_k=jax.lax.dynamic_update_slice_in_dim(cache.self_k, k, cache.index, axis=3),
+                                   self_v=jax.lax.dynamic_update_slice_in_dim(cache.self_v, v, cache.index, axis=3),
+                                   index=cache.index + 1)
         return self.logits(hidden)[:, 0], new_cache
