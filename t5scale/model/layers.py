@@ -95,6 +95,12 @@ def _projection(cfg: ModelConfig, spec: str, shape: tuple[int, ...], names: tupl
                       kernel_metadata=logical(*names))
 
 
+def heads_major(x: jax.Array) -> jax.Array:
+    """[b, l, n, h] -> [b, n, l, h]. Attention works heads-major: the batched matmuls want (b, n) in front, XLA's
+    CPU backward ran ~2.5% faster for the explicit transposes, and the decoding cache then needs none per step."""
+    return x.transpose(0, 2, 1, 3)
+
+
 class Attention(nnx.Module):
     """Multi-head dot-product attention without biases or 1/sqrt(KV) scaling (T5)."""
 
@@ -107,29 +113,30 @@ class Attention(nnx.Module):
         # skv variant: one projection serves as key and value.
         self.value = None if cfg.tied_kv else _projection(cfg, "bld,dnh->blnh", (d, n, h), (EMBED, HEADS, KV),
                                                           in_init, rngs)
-        self.out = _projection(cfg, "blnh,nhd->bld", (n, h, d), (HEADS, KV, EMBED),
+        self.out = _projection(cfg, "bnlh,nhd->bld", (n, h, d), (HEADS, KV, EMBED),
                                _fan_in("normal", in_axis=(0, 1), out_axis=2), rngs)
         self.dropout = nnx.Dropout(cfg.dropout_rate)
         self.dtype = cfg.dtype
 
-    def project_kv(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
-        """[b, m, d] -> keys, values [b, m, n, h]."""
-        k = self.key(x)
-        return k, (k if self.value is None else self.value(x))
+    def project_query(self, x: jax.Array) -> jax.Array:
+        """[b, l, d] -> queries [b, n, l, h]."""
+        return heads_major(self.query(x))
 
-    def attend(self, q: jax.Array, k: jax.Array, v: jax.Array, bias: jax.Array, rngs: nnx.Rngs | None, *,
-               heads_major: bool = False) -> jax.Array:
-        """q [b, l, n, h], k/v [b, m, n, h] ([b, n, m, h] if heads_major), bias broadcastable to [b, n, l, m]
-        -> [b, l, d]. The decoding cache is heads-major: the batched matmuls want (b, n) in front, and a cache in
-        the other layout would be transposed at every step."""
-        kv = "bnmh" if heads_major else "bmnh"
-        logits = jnp.einsum(f"blnh,{kv}->bnlm", q, k, preferred_element_type=jnp.float32) + bias
+    def project_kv(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """[b, m, d] -> keys, values [b, n, m, h]."""
+        k = heads_major(self.key(x))
+        return k, (k if self.value is None else heads_major(self.value(x)))
+
+    def attend(self, q: jax.Array, k: jax.Array, v: jax.Array, bias: jax.Array,
+               rngs: nnx.Rngs | None) -> jax.Array:
+        """q [b, n, l, h], k/v [b, n, m, h], bias broadcastable to [b, n, l, m] -> [b, l, d]."""
+        logits = jnp.einsum("bnlh,bnmh->bnlm", q, k, preferred_element_type=jnp.float32) + bias
         weights = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
         weights = self.dropout(weights, deterministic=rngs is None, rngs=rngs)
-        return self.out(jnp.einsum(f"bnlm,{kv}->blnh", weights, v))
+        return self.out(jnp.einsum("bnlm,bnmh->bnlh", weights, v))
 
     def __call__(self, x: jax.Array, kv_input: jax.Array, bias: jax.Array, rngs: nnx.Rngs | None) -> jax.Array:
-        return self.attend(self.query(x), *self.project_kv(kv_input), bias, rngs)
+        return self.attend(self.project_query(x), *self.project_kv(kv_input), bias, rngs)
 
 
 class Mlp(nnx.Module):

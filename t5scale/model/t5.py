@@ -34,17 +34,12 @@ _REMAT_POLICIES = {
 class DecodeCache(NamedTuple):
     """State for one-token-at-a-time decoding. Arrays are stacked over decoder layers."""
 
-    self_k: jax.Array  # [L, B, n, T_max, h] keys of the tokens decoded so far (heads-major, see Attention.attend)
+    self_k: jax.Array  # [L, B, n, T_max, h] keys of the tokens decoded so far (heads-major, see layers.heads_major)
     self_v: jax.Array  # [L, B, n, T_max, h]
     cross_k: jax.Array  # [L, B, n, S, h] encoder keys, projected once
     cross_v: jax.Array  # [L, B, n, S, h]
     encoder_valid: jax.Array  # [B, S] bool, False on encoder padding
     index: jax.Array  # int32 scalar: position of the next token
-
-
-def heads_major(x: jax.Array) -> jax.Array:
-    """[b, m, n, h] -> [b, n, m, h], the decoding cache's layout."""
-    return x.transpose(0, 2, 1, 3)
 
 
 class EncoderBlock(nnx.Module):
@@ -82,19 +77,18 @@ class DecoderBlock(nnx.Module):
             x = x + drop(self.self_attention(h, h, self_bias, rngs))
         else:
             self_k, self_v, cross_k, cross_v = cache
-            k, v = (heads_major(y).astype(self_k.dtype) for y in self.self_attention.project_kv(h))  # [B, n, 1, h]
+            k, v = (y.astype(self_k.dtype) for y in self.self_attention.project_kv(h))  # [B, n, 1, h]
             self_k = jax.lax.dynamic_update_slice_in_dim(self_k, k, index, axis=2)
             self_v = jax.lax.dynamic_update_slice_in_dim(self_v, v, index, axis=2)
-            x = x + drop(self.self_attention.attend(self.self_attention.query(h), self_k, self_v, self_bias, rngs,
-                                                    heads_major=True))
+            x = x + drop(self.self_attention.attend(self.self_attention.project_query(h), self_k, self_v,
+                                                    self_bias, rngs))
             new_kv = (k, v)
         h = self.pre_cross_attention_layer_norm(x)
         if cache is None:
             x = x + drop(self.encoder_decoder_attention(h, encoded, cross_bias, rngs))
         else:
-            q = self.encoder_decoder_attention.query(h)
-            x = x + drop(self.encoder_decoder_attention.attend(q, cross_k, cross_v, cross_bias, rngs,
-                                                               heads_major=True))
+            q = self.encoder_decoder_attention.project_query(h)
+            x = x + drop(self.encoder_decoder_attention.attend(q, cross_k, cross_v, cross_bias, rngs))
         return x + drop(self.mlp(self.pre_mlp_layer_norm(x), rngs)), None if cache is None else new_kv
 
 
@@ -265,7 +259,7 @@ class T5(nnx.Module):
         batch = encoded.shape[0]
 
         def body(block, x, per_layer, shared):
-            return x, tuple(map(heads_major, block.encoder_decoder_attention.project_kv(encoded)))
+            return x, block.encoder_decoder_attention.project_kv(encoded)
 
         _, (cross_k, cross_v) = _run_blocks(self.decoder.layers, cfg, cfg.num_decoder_layers, body, 0, None, None)
         empty = jnp.zeros((cfg.num_decoder_layers, batch, cfg.num_heads, max_decode_len, cfg.d_kv), cfg.dtype)
