@@ -62,7 +62,7 @@ def add_shape_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--target-len", type=int)
     parser.add_argument("--dtype", help="activation dtype, e.g. bfloat16 (default: the shape's, float32)")
     parser.add_argument("--scan", action=argparse.BooleanOptionalAction,
-                        help="scanned (--scan) or unrolled (--no-scan) layers; default: ModelConfig's")
+                        help="scanned (--scan) or unrolled (--no-scan) layers; default: per benchmark (see README)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", metavar="PATH", help="also write the results to this JSON file")
 

@@ -59,28 +59,17 @@ def _batches(dataset, batch_size: int) -> Iterator[tuple[list[int], dict[str, np
 
 def make_predict_fn(model, cfg: EvalConfig) -> Callable:
     def predict_fn(dataset, model_feature_shapes=None):
-        predictions = []
-        for indices, batch in _batches(dataset, cfg.batch_size):
-            max_len = batch["decoder_target_tokens"].shape[1]
-            if cfg.beam_size == 1:
-                tokens = decoding.greedy_decode(model, batch["encoder_input_tokens"], max_len)
-            else:
-                tokens, _ = decoding.beam_search(model, batch["encoder_input_tokens"], max_len,
-                                                 beam_size=cfg.beam_size, alpha=cfg.alpha)
-            predictions += zip(indices, np.asarray(tokens).tolist())
-        return predictions
+        return [(index, row) for indices, batch in _batches(dataset, cfg.batch_size)
+                for index, row in zip(indices, np.asarray(decoding.predict_batch(
+                    model, batch, beam_size=cfg.beam_size, alpha=cfg.alpha)).tolist())]
 
     return predict_fn
 
 
 def make_score_fn(model, cfg: EvalConfig) -> Callable:
     def score_fn(dataset, model_feature_shapes=None):
-        scores = []
-        for indices, batch in _batches(dataset, cfg.batch_size):
-            batch_scores = decoding.score(model, batch["encoder_input_tokens"], batch["decoder_target_tokens"],
-                                          batch["decoder_loss_weights"])
-            scores += zip(indices, np.asarray(batch_scores).tolist())
-        return scores
+        return [(index, value) for indices, batch in _batches(dataset, cfg.batch_size)
+                for index, value in zip(indices, np.asarray(decoding.score_batch(model, batch)).tolist())]
 
     return score_fn
 
