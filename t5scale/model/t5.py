@@ -145,7 +145,7 @@ class Encoder(nnx.Module):
         """embedded [B, S, D], tokens [B, S] (0 = padding) -> encoded [B, S, D]."""
         seq_len = tokens.shape[1]
         mask = (tokens > 0)[:, None, :] & _same_segment(segment_ids, segment_ids)
-        bias = self.relpos_bias(seq_len, seq_len) + mask_to_bias(mask)  # [B, n, S, S]
+        bias = self.relpos_bias(seq_len, seq_len, tokens.shape[0]) + mask_to_bias(mask)  # [B, n, S, S]
 
         def body(block, x, key, bias):
             return block(x, bias, _layer_rngs(key)), None
@@ -237,7 +237,8 @@ class T5(nnx.Module):
         target_len = decoder_input_tokens.shape[1]
         causal = jnp.tril(jnp.ones((target_len, target_len), bool))[None]
         self_mask = causal & _same_segment(decoder_segment_ids, decoder_segment_ids)
-        self_bias = self.decoder.relpos_bias(target_len, target_len) + mask_to_bias(self_mask)
+        batch = decoder_input_tokens.shape[0]
+        self_bias = self.decoder.relpos_bias(target_len, target_len, batch) + mask_to_bias(self_mask)
         cross_mask = (encoder_input_tokens > 0)[:, None, :] & _same_segment(decoder_segment_ids,
                                                                            encoder_segment_ids)
         hidden, _ = self.decoder(self.token_embedder(decoder_input_tokens), encoded, self_bias,

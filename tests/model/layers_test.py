@@ -6,7 +6,15 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from t5scale.model.layers import NEG_INF, Attention, Mlp, RelativePositionBias, make_norm, relative_position_buckets
+from t5scale.model.layers import (
+    NEG_INF,
+    Attention,
+    Mlp,
+    RelativePositionBias,
+    broadcast_batch,
+    make_norm,
+    relative_position_buckets,
+)
 from tests.testing import tiny_config
 
 # Legend: b batch 2, l query length 3, m key length 7, d model 24, n heads 4, h head dim 5, f d_ff 36.
@@ -43,6 +51,24 @@ def test_relative_bias_is_shared_table_indexed_by_bucket():
     # One decoding position picks the matching row of the full table.
     row = np.asarray(bias_layer.at_position(jnp.int32(2), M))
     np.testing.assert_array_equal(row[0, :, 0], np.asarray(bias_layer(M, M))[0, :, 2])
+    # Repeated per example when asked for a batch.
+    np.testing.assert_array_equal(np.asarray(bias_layer(L, M, 3)), np.repeat(bias, 3, axis=0))
+
+
+def test_broadcast_batch_matches_broadcast_to_in_value_and_gradient():
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.normal(size=(4, L, M)), jnp.float32)
+    weights = jnp.asarray(rng.normal(size=(B, 4, L, M)), jnp.float32)
+
+    def loss(x, broadcast):
+        return jnp.sum(weights * broadcast(x) ** 2)
+
+    ours = jax.jit(jax.value_and_grad(lambda x: loss(x, lambda y: broadcast_batch(y, B))))(x)
+    reference = jax.value_and_grad(lambda x: loss(x, lambda y: jnp.broadcast_to(y, (B, *y.shape))))(x)
+    np.testing.assert_allclose(ours[0], reference[0], rtol=1e-6)
+    np.testing.assert_allclose(ours[1], reference[1], rtol=1e-5, atol=1e-6)
+    # the gradient is the sum over the batch: numpy check of the chain rule
+    np.testing.assert_allclose(ours[1], np.sum(2 * np.asarray(weights) * np.asarray(x)[None], axis=0), rtol=1e-5)
 
 
 def numpy_attention(x, kv, q_w, k_w, v_w, o_w, bias):
