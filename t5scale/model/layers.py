@@ -17,6 +17,7 @@ import numpy as np
 from flax import nnx
 
 from t5scale.config import ModelConfig
+from t5scale.model.attention_core import dot_product_attention
 from t5scale.sharding import EMBED, HEADS, KV, MLP, RELPOS_BUCKETS
 
 NEG_INF = -1e10  # added to masked attention logits; finite so fully-masked rows stay NaN-free
@@ -164,10 +165,12 @@ class Attention(nnx.Module):
     def attend(self, q: jax.Array, k: jax.Array, v: jax.Array, bias: jax.Array,
                rngs: nnx.Rngs | None) -> jax.Array:
         """q [b, n, l, h], k/v [b, n, m, h], bias broadcastable to [b, n, l, m] -> [b, l, d]."""
-        logits = jnp.einsum("bnlh,bnmh->bnlm", q, k, preferred_element_type=jnp.float32) + bias
-        weights = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
-        weights = self.dropout(weights, deterministic=rngs is None, rngs=rngs)
-        return per_token(self.out, heads_major(jnp.einsum("bnlm,bnmh->bnlh", weights, v)))
+        if rngs is None or self.dropout.rate == 0:
+            dropout_scale = jnp.ones((), jnp.float32)
+        else:  # 0 or 1/keep for every attention weight
+            shape = (q.shape[0], q.shape[1], q.shape[2], k.shape[2])
+            dropout_scale = self.dropout(jnp.ones(shape, jnp.float32), rngs=rngs)
+        return per_token(self.out, heads_major(dot_product_attention(q, k, v, bias, dropout_scale)))
 
     def __call__(self, x: jax.Array, kv_input: jax.Array, bias: jax.Array, rngs: nnx.Rngs | None) -> jax.Array:
         return self.attend(self.project_query(x), *self.project_kv(kv_input), bias, rngs)
