@@ -106,7 +106,7 @@ def _reorder_beams(cache: DecodeCache, parents: jax.Array) -> DecodeCache:
     batch, beams = parents.shape
     rows = (jnp.arange(batch)[:, None] * beams + parents).reshape(-1)
     # The encoder keys/values and mask are the same for every beam of an example: nothing to move there.
-    return cache._replace(self_k=cache.self_k[:, rows], self_v=cache.self_v[:, rows])
+    return cache.select_rows(rows)
 
 
 def _beam_step(step_fn, state: _BeamState, alpha: jax.Array, eos_id: int) -> _BeamState:
