@@ -169,7 +169,7 @@ class Attention(nnx.Module):
             dropout_scale = jnp.ones((), jnp.float32)
         else:  # 0 or 1/keep for every attention weight
             shape = (q.shape[0], q.shape[1], q.shape[2], k.shape[2])
-            dropout_scale = self.dropout(jnp.ones(shape, jnp.float32), rngs=rngs)
+            dropout_scale = self.dropout(jnp.ones(shape, jnp.float32), deterministic=False, rngs=rngs)
         return per_token(self.out, heads_major(dot_product_attention(q, k, v, bias, dropout_scale)))
 
     def __call__(self, x: jax.Array, kv_input: jax.Array, bias: jax.Array, rngs: nnx.Rngs | None) -> jax.Array:
