@@ -150,8 +150,10 @@ def test_jax_finds_a_gke_pods_workers_in_tpu_worker_hostnames(calls, monkeypatch
     from jax._src.clusters import cloud_tpu_cluster
 
     monkeypatch.setattr(cloud_tpu_cluster, "running_in_cloud_tpu_vm", True)
-    # Unset MEGASCALE_* variables are still looked up in the metadata server's tpu-env: an empty one here.
-    monkeypatch.setattr(cloud_tpu_cluster, "get_metadata", lambda key: ("", 200))
+    # JAX tries the GCE TPU VM detection first: no agent-worker-number in GKE's metadata (404). Unset MEGASCALE_*
+    # variables are still looked up in the metadata's tpu-env: an empty one.
+    metadata = {"tpu-env": ("", 200)}
+    monkeypatch.setattr(cloud_tpu_cluster, "get_metadata", lambda key: metadata.get(key, ("not found", 404)))
     monkeypatch.setenv("TPU_WORKER_HOSTNAMES", "10.0.0.7,10.0.0.8")
     monkeypatch.setenv("TPU_WORKER_ID", "1")
     assert auto_detect() == ("10.0.0.7:8482", 2, 1, None)
