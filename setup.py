@@ -1,14 +1,38 @@
+import pathlib
+import re
+
 from setuptools import find_packages, setup
+
+HERE = pathlib.Path(__file__).parent
+VERSION = re.search(r'__version__ = "([^"]+)"', (HERE / "t5scale" / "__init__.py").read_text()).group(1)
 
 setup(
     name="t5scale",
-    version="0.1.0",
+    version=VERSION,
     description="Train T5 encoder-decoders of any shape, measure which shapes are worth it, ship them compressed.",
-    long_description=open("README.md").read(),
+    long_description=(HERE / "README.md").read_text(),
     long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    license_files=["LICENSE"],
+    classifiers=[
+        "Development Status :: 3 - Alpha",
+        "Intended Audience :: Science/Research",
+        "License :: OSI Approved :: Apache Software License",
+        "Operating System :: POSIX :: Linux",
+        "Programming Language :: Python :: 3",
+        "Programming Language :: Python :: 3.10",
+        "Programming Language :: Python :: 3.11",
+        "Programming Language :: Python :: 3.12",
+        "Topic :: Scientific/Engineering :: Artificial Intelligence",
+    ],
     python_requires=">=3.10",
-    packages=find_packages(include=["t5scale", "t5scale.*"]),
-    package_data={"t5scale": ["released_shapes.tsv"]},
+    # The gin files are edited in the repository's top-level gin/ and ship as the package `t5scale.gin`, so the
+    # CLI finds them by short name (models/small.gin) wherever the package is installed.
+    packages=[*find_packages(include=["t5scale", "t5scale.*"]), "t5scale.gin", "t5scale.gin.models",
+              "t5scale.gin.runs"],
+    package_dir={"t5scale.gin": "gin"},
+    package_data={"t5scale": ["released_shapes.tsv"], "t5scale.gin": ["*.gin"], "t5scale.gin.models": ["*.gin"],
+                  "t5scale.gin.runs": ["*.gin"]},
     install_requires=[
         "jax>=0.7,<0.11",
         "flax>=0.12.0,<0.13",
@@ -32,12 +56,13 @@ setup(
         "tqdm>=4.60,<5",
     ],
     extras_require={
-        "test": ["pytest>=8,<10"],
+        # `build` makes the sdist and wheel in the packaging test (tests/packaging_test.py).
+        "test": ["pytest>=8,<10", "build>=1.0,<2"],
         # Reference for parity fixtures and benchmarks. transformers 5 always ties T5's lm_head to the
         # embedding, so it cannot represent T5 v1.1 (untied); 4.x can.
         "hf": ["torch>=2.4,<3", "transformers>=4.40,<5"],
         "tpu": ["jax[tpu]>=0.7,<0.11"],
         "gpu": ["jax[cuda12]>=0.7,<0.11"],
     },
-    entry_points={"console_scripts": ["t5scale=t5scale.cli:entry_point"]},
+    entry_points={"console_scripts": ["t5scale=t5scale.cli.main:entry_point"]},
 )

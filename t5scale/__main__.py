@@ -1,3 +1,3 @@
-from t5scale.cli import entry_point
+from t5scale.cli.main import entry_point
 
 entry_point()

@@ -7,7 +7,7 @@ import pytest
 import seqio
 import tensorflow_datasets as tfds
 
-from t5scale import cli
+from t5scale.cli.main import main as cli_main
 from t5scale.data import finetune_tasks as ft
 from t5scale.data import metrics as metrics_lib
 from t5scale.data import vocab
@@ -37,7 +37,7 @@ def finetuned(mixture, tmp_path_factory):
     monkeypatch = pytest.MonkeyPatch()
     monkeypatch.setattr(seqio.TfdsDataSource, "num_input_examples", lambda self, split: None)  # mock: no sizes
     with tfds.testing.mock_data(num_examples=12):
-        code = cli.main(["finetune", "--gin_file=runs/finetune.gin", f"--gin.MODEL_DIR='{model_dir}'",
+        code = cli_main(["finetune", "--gin_file=runs/finetune.gin", f"--gin.MODEL_DIR='{model_dir}'",
                          f"--gin.INITIAL_CHECKPOINT_PATH='{pretrained}/checkpoint_2'", "--gin.TRAIN_STEPS=3",
                          f"--gin.MIXTURE_OR_TASK_NAME='{MIXTURE}'", f"--gin.TASK_FEATURE_LENGTHS={LENGTHS}",
                          "--gin.BATCH_SIZE=4"])
@@ -52,7 +52,7 @@ def test_finetune_then_eval_writes_metrics_for_a_glue_a_super_glue_and_the_squad
     assert config["model"]["dropout_rate"] == 0.1  # finetune.gin's DROPOUT_RATE
     assert config["train"]["initial_checkpoint_path"].endswith("checkpoint_2")
     out = model_dir / "eval"
-    code = cli.main(["eval", "--gin_file=runs/eval.gin", f"--gin.CHECKPOINT_PATH='{model_dir}'",
+    code = cli_main(["eval", "--gin_file=runs/eval.gin", f"--gin.CHECKPOINT_PATH='{model_dir}'",
                      f"--gin.MIXTURE_OR_TASK_NAME='{MIXTURE}'", f"--gin.EVAL_OUTPUT_DIR='{out}'",
                      f"--gin.TASK_FEATURE_LENGTHS={LENGTHS}", "--gin.BATCH_SIZE=5"])  # 12 rows: a padded batch
     assert code == 0

@@ -360,7 +360,7 @@ def _all_mixture_rates() -> list[tuple[str, object]]:
 
 def _register_demo() -> None:
     sst2 = _glue_task("sst2")
-    source = seqio.FunctionDataSource(_demo_dataset, splits=("train", "validation"),
+    source = tasks.EmbeddedDataSource(_demo_dataset, splits=("train", "validation"),
                                       num_input_examples={s: len(demo_examples(s)) for s in ("train", "validation")})
     seqio.TaskRegistry.add(EMBEDDED_SST2, source=source, preprocessors=_preprocessors(sst2.preprocessor),
                            output_features=tasks.output_features(vocab.embedded_vocabulary()),

@@ -24,9 +24,15 @@ EMBEDDED_PIECES = 2000  # small enough for CPU demos; + 100 sentinels
 PAD_ID, EOS_ID, UNK_ID = 0, 1, 2
 
 
+def t5_vocab_path() -> str:
+    """T5's sentencepiece model: `T5_VOCAB_PATH` (e.g. a local copy, for machines without gs:// access) or its
+    public gs:// path."""
+    return os.environ.get("T5_VOCAB_PATH") or T5_VOCAB_PATH
+
+
 def t5_vocabulary() -> seqio.SentencePieceVocabulary:
     """T5's default vocabulary: 32000 pieces + 100 sentinels = 32100 ids (the model pads to 32128)."""
-    return seqio.SentencePieceVocabulary(T5_VOCAB_PATH, extra_ids=EXTRA_IDS)
+    return seqio.SentencePieceVocabulary(t5_vocab_path(), extra_ids=EXTRA_IDS)
 
 
 def cache_dir() -> pathlib.Path:

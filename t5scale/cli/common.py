@@ -1,0 +1,238 @@
+"""What every `t5scale` command shares: gin at the edge (the only gin importer), t5x-style flags, one-line errors
+and the command registry. Command modules import this module and the library, never each other.
+
+gin files and `--gin.X=V` flags configure plain functions and the library's dataclasses here; the library itself
+never sees gin.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import pathlib
+import sys
+from typing import Any, Callable
+
+import gin
+from t5scale import config as config_lib
+
+
+def _gin_dir() -> pathlib.Path:
+    """The gin files: `t5scale/gin/` inside an installed wheel, else (a source tree or an editable install, where
+    setuptools cannot map a data-only subpackage) the repository's top-level `gin/`, the one place they are
+    edited."""
+    packaged = pathlib.Path(__file__).resolve().parents[1] / "gin"
+    return packaged if packaged.is_dir() else packaged.parents[1] / "gin"
+
+
+GIN_DIR = _gin_dir()
+
+
+class UsageError(Exception):
+    """Bad command-line input; printed as one line, no traceback."""
+
+
+# --- gin parsing -----------------------------------------------------------------------------------------------
+
+def _tolerate_namespace_packages() -> None:
+    """gin also looks for `a/b.gin` inside a Python package `a`; when `a` resolves to a namespace package (any
+    folder `a/` in the working directory, like the demo's `runs/`) its check raises TypeError instead of saying
+    "not here". Make that check say "not here", so gin goes on to its search path."""
+    from gin import config as gin_config
+    from gin import resource_reader
+
+    for i, (reader, exists) in enumerate(gin_config._FILE_READERS):
+        if exists is resource_reader.system_path_file_exists:
+            def exists_or_not(path, exists=exists):
+                try:
+                    return exists(path)
+                except TypeError:
+                    return False
+
+            gin_config._FILE_READERS[i] = (reader, exists_or_not)
+
+
+_tolerate_namespace_packages()
+
+
+def resolve_gin_file(path: str) -> str:
+    """A gin file as given (relative to the working directory) or by its short name among the packaged ones;
+    `gin/models/small.gin` (a path into the repository) also resolves to the packaged `models/small.gin`."""
+    for candidate in (pathlib.Path(path), GIN_DIR / path, GIN_DIR / path.removeprefix("gin/")):
+        if candidate.is_file():
+            return str(candidate)
+    raise UsageError(f"gin file {path!r} not found (searched the working directory and {GIN_DIR}; the packaged "
+                     f"files are {', '.join(packaged_gin_files())}).")
+
+
+def packaged_gin_files() -> list[str]:
+    return sorted(str(p.relative_to(GIN_DIR)) for p in GIN_DIR.rglob("*.gin"))
+
+
+def parse_gin(gin_files: list[str], bindings: list[str]) -> None:
+    """Parse gin files (later wins) then bindings, t5x style. Errors become one UsageError line.
+
+    A macro set on the command line (`--gin.EL=16`) must be defined by a parsed gin file: gin itself would accept
+    a misspelt macro and silently ignore it.
+    """
+    gin.clear_config()
+    gin.add_config_file_search_path(str(GIN_DIR))
+    files = [resolve_gin_file(path) for path in gin_files]
+    # gin logs every search-path miss of an include at ERROR level before it finds the file; real failures raise.
+    logging.disable(logging.ERROR)
+    try:
+        try:
+            gin.parse_config_files_and_bindings(files, [], finalize_config=False)
+        except Exception as error:  # gin raises many kinds; the user needs the message, not the stack.
+            raise UsageError(f"bad gin file among {gin_files}: {first_line(error)}") from None
+        for binding in bindings:
+            _parse_binding(binding)
+    finally:
+        logging.disable(logging.NOTSET)
+
+
+def _parse_binding(binding: str) -> None:
+    name = binding.split("=", 1)[0].strip()
+    if "." not in name and "/" not in name and not macro_defined(name):
+        raise UsageError(f"--gin.{binding}: no gin file defines the macro {name!r} (misspelt?).")
+    try:
+        gin.parse_config(binding)
+    except Exception as error:
+        message = first_line(error)
+        if "malformed node" in message:
+            message = "the value is not a Python literal (quote strings: --gin.MODEL_SHAPE=\"'small'\")"
+        raise UsageError(f"--gin.{binding}: {message}") from None
+
+
+def macro_defined(name: str) -> bool:
+    try:
+        gin.query_parameter(f"{name}/macro.value")
+        return True
+    except ValueError:
+        return False
+
+
+def macro_value(name: str, default: Any = None) -> Any:
+    return gin.query_parameter(f"{name}/macro.value") if macro_defined(name) else default
+
+
+def first_line(error: BaseException) -> str:
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[0].split(" In call to configurable")[0] if lines else type(error).__name__
+
+
+def split_gin_flags(argv: list[str]) -> tuple[list[str], list[str], list[str]]:
+    """Pull t5x-style `--gin_file=F` and `--gin.NAME=VALUE` out of argv: (rest, files, bindings)."""
+    rest, files, bindings = [], [], []
+    args = iter(argv)
+    for arg in args:
+        if arg.startswith("--gin_file"):
+            files.append(arg.split("=", 1)[1] if "=" in arg else next(args, ""))
+        elif arg.startswith("--gin."):
+            if "=" not in arg:
+                raise UsageError(f"{arg!r}: write gin bindings as --gin.NAME=VALUE.")
+            bindings.append(arg[len("--gin."):])
+        else:
+            rest.append(arg)
+    return rest, files, bindings
+
+
+# --- configurables ---------------------------------------------------------------------------------------------
+
+def model_config(shape: str = "small", EL=None, DL=None, NL=None, DM=None, KV=None, NH=None, FF=None,  # noqa: N803
+                 dropout_rate: float = 0.0, dtype: str = "float32", scan_layers: bool = True,
+                 remat: str = "none") -> config_lib.ModelConfig:
+    """A shape by name, then single operators (None keeps the shape's value). Bound by gin/models/*.gin."""
+    operators = {k: v for k, v in dict(EL=EL, DL=DL, NL=NL, DM=DM, KV=KV, NH=NH, FF=FF).items() if v is not None}
+    return config_lib.shape(shape, **operators, dropout_rate=dropout_rate, dtype=dtype, scan_layers=scan_layers,
+                            remat=remat)
+
+
+_CONFIGURABLES: set[str] = set()
+
+
+def configurable(fn_or_class: Callable, name: str) -> None:
+    """Make `fn_or_class` bindable as `name.field = ...` (once; commands call this for what they use)."""
+    if name not in _CONFIGURABLES:
+        gin.external_configurable(fn_or_class, name, module=None)
+        _CONFIGURABLES.add(name)
+
+
+configurable(model_config, "model_config")
+
+
+def call_configurable(name: str):
+    """The configurable `name` called with its gin bindings; a bad or missing binding is one UsageError line,
+    and so is a field still bound to a `%gin.REQUIRED` macro (gin itself passes the sentinel through)."""
+    try:
+        value = gin.get_configurable(name)()
+    except (ValueError, TypeError) as error:
+        raise UsageError(first_line(error)) from None
+    for field in dataclasses.fields(value) if dataclasses.is_dataclass(value) else ():
+        if getattr(value, field.name) is gin.REQUIRED:
+            binding = str(gin.query_parameter(f"{name}.{field.name}"))  # "%MACRO"
+            flag = f"--gin.{binding[1:]}=..." if binding.startswith("%") else f"--gin.{name}.{field.name}=..."
+            raise UsageError(f"{name}.{field.name} is required: set it with {flag}")
+    return value
+
+
+def gin_model_config() -> config_lib.ModelConfig:
+    return call_configurable("model_config")
+
+
+# --- the command registry --------------------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class Command:
+    name: str
+    help: str
+    run: Callable[[argparse.Namespace, list[str], list[str]], Any]  # (args, gin files, gin bindings)
+    add_arguments: Callable[[argparse.ArgumentParser], None] | None = None
+
+
+COMMANDS: dict[str, Command] = {}
+
+
+def command(name: str, help: str, add_arguments: Callable | None = None):  # noqa: A002 (argparse's name)
+    """Register the decorated `run(args, gin_files, bindings)` as `t5scale NAME`."""
+    def register(run: Callable) -> Callable:
+        COMMANDS[name] = Command(name, help, run, add_arguments)
+        return run
+    return register
+
+
+def make_parser(description: str = "", order: tuple[str, ...] = ()) -> argparse.ArgumentParser:
+    """The parser of every registered command, those named in `order` first."""
+    parser = argparse.ArgumentParser(prog="t5scale", description=description)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for cmd in sorted(COMMANDS.values(), key=lambda c: order.index(c.name) if c.name in order else len(order)):
+        sub = commands.add_parser(cmd.name, help=cmd.help, description=cmd.help)
+        if cmd.add_arguments:
+            cmd.add_arguments(sub)
+        sub.set_defaults(run=cmd.run)
+    return parser
+
+
+def run_command(name: str, gin_files: list[str] = (), bindings: list[str] = (), **args) -> Any:
+    """Run a registered command from code (the demo composes commands this way): `args` are its parsed options."""
+    return COMMANDS[name].run(argparse.Namespace(command=name, **args), list(gin_files), list(bindings))
+
+
+def run(argv: list[str], description: str = "", order: tuple[str, ...] = ()) -> int:
+    """Parse argv, run the command; a user's mistake is one line on stderr and exit code 2 (3 for a NaN loss)."""
+    from t5scale.storage import StorageError
+
+    try:
+        rest, gin_files, bindings = split_gin_flags(argv)
+        args = make_parser(description, order).parse_args(rest)
+        args.run(args, gin_files, bindings)
+    except (UsageError, ValueError, NotImplementedError, FileNotFoundError, StorageError) as error:
+        print(f"t5scale: error: {error}", file=sys.stderr)
+        return 2
+    except RuntimeError as error:
+        if type(error).__name__ != "NonFiniteLossError":
+            raise
+        print(f"t5scale: error: {error}", file=sys.stderr)
+        return 3
+    return 0

@@ -1,0 +1,40 @@
+"""`t5scale demo`: the embedded default, run on this machine with no download: the shape table, then pretrain ->
+fine-tune -> eval of a tiny shape on CPython's own prose. Composes the other commands through the registry."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import time
+
+from t5scale.cli import common
+
+DEMO_SHAPES = ("tiny", "small", "small-el16", "small-nl16", "base", "base-nl36", "large", "v1_1-base")
+
+
+@common.command("demo", "shape table; pretrain, fine-tune, eval a tiny shape here")
+def demo(args, gin_files, bindings) -> None:
+    print("t5scale demo 1/3: named shapes (params and training FLOPs from the config alone)\n")
+    common.run_command("shapes", names=list(DEMO_SHAPES), json=False)
+    model_dir = f"runs/demo-{time.strftime('%Y%m%d-%H%M%S')}"
+
+    print("\nt5scale demo 2/3: pretraining on span corruption of CPython's own prose (runs/demo.gin)")
+    result = common.run_command("train", ["runs/demo.gin", *gin_files], [f"MODEL_DIR='{model_dir}'", *bindings])
+    losses = [json.loads(line)["loss"] for line in pathlib.Path(result["model_dir"], "metrics.jsonl").open()]
+    print(f"training loss: first step {losses[0]:.3f}, last step {losses[-1]:.3f} "
+          f"(mean of first 10 {sum(losses[:10]) / 10:.3f}, last 10 {sum(losses[-10:]) / 10:.3f})")
+
+    print("\nt5scale demo 3/3: fine-tuning it on embedded_sst2, SST-2's format on sentences of CPython's docs "
+          "(runs/demo_finetune.gin), then evaluating")
+    finetuned = f"{model_dir}/finetune"
+    common.run_command("finetune", ["runs/demo_finetune.gin"], [f"MODEL_DIR='{finetuned}'",
+                                                                 f"INITIAL_CHECKPOINT_PATH='{model_dir}'"])
+    common.run_command("eval", ["runs/eval.gin"], [f"CHECKPOINT_PATH='{finetuned}'",
+                                                   "MIXTURE_OR_TASK_NAME='embedded_sst2'",
+                                                   f"EVAL_OUTPUT_DIR='{finetuned}/eval'"])
+    from t5scale.data.finetune_tasks import demo_examples
+
+    labels = [example["label"] for example in demo_examples("validation")]
+    majority = 100 * max(labels.count(0), labels.count(1)) / len(labels)
+    print(f"(always answering the more frequent label would score {majority:.2f})")
+    print(f"TensorBoard: tensorboard --logdir {model_dir}")
