@@ -23,6 +23,7 @@ import urllib.request
 
 GCS_ENDPOINT = "https://storage.googleapis.com"
 TIMEOUT_S = 5.0
+METADATA_HOST = "metadata.google.internal"  # Google Cloud VMs' metadata server, which hands out tokens
 
 
 class StorageError(OSError):
@@ -115,8 +116,8 @@ def credentials_available() -> bool:
     config = pathlib.Path(env.get("CLOUDSDK_CONFIG") or pathlib.Path.home() / ".config" / "gcloud")
     if (config / "application_default_credentials.json").exists():
         return True
-    try:  # on Google Cloud VMs (TPU VMs included) the metadata server hands out tokens
-        socket.getaddrinfo("metadata.google.internal", 80)
+    try:  # on Google Cloud VMs, TPU VMs included
+        socket.getaddrinfo(METADATA_HOST, 80)
         return True
     except OSError:
         return False

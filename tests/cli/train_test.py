@@ -1,0 +1,57 @@
+"""`t5scale train` through the CLI: runs/pretrain.gin's t5x macros reach the run's dataclasses, and a default run
+that cannot reach gs:// fails in one line before anything is written."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+from t5scale.cli.main import main
+
+TINY = ["--gin.MODEL_SHAPE='tiny'", "--gin.NL=1", "--gin.DM=32", "--gin.KV=8", "--gin.NH=2", "--gin.FF=48"]
+
+
+def test_pretrain_gin_macros_configure_the_run(tmp_path, capsys):
+    model_dir = tmp_path / "run"
+    code = main(["train", "--gin_file=models/shape.gin", "--gin_file=runs/pretrain.gin", *TINY,
+                 "--gin.MIXTURE_OR_TASK_NAME='embedded_span_corruption'", "--gin.BATCH_SIZE=4",
+                 "--gin.TASK_FEATURE_LENGTHS={'inputs': 32, 'targets': 8}", "--gin.TRAIN_STEPS=2",
+                 f"--gin.MODEL_DIR='{model_dir}'", "--gin.train_config.progress_bar=False"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert "stopped at step 2 (train_steps)" in out
+    config = json.loads((model_dir / "config.json").read_text())
+    assert (config["model"]["num_encoder_layers"], config["model"]["d_model"], config["model"]["d_ff"]) == (1, 32, 48)
+    assert config["model"]["vocab_size"] == 2176  # the embedded vocabulary's 2100 ids, padded to 128
+    assert config["data"]["mixture_or_task_name"] == "embedded_span_corruption"
+    assert (config["data"]["batch_size"], config["data"]["task_feature_lengths"]) == (4, {"inputs": 32, "targets": 8})
+    # pretrain.gin's own values: T5's optimizer and schedule, z-loss, checkpoint cadence.
+    assert config["optim"]["schedule"].lower().endswith("rsqrt")
+    assert (config["optim"]["learning_rate"], config["optim"]["warmup_steps"]) == (1.0, 10000)
+    assert (config["train"]["z_loss"], config["train"]["save_every"], config["train"]["train_steps"]) == (1e-4, 5000, 2)
+    assert "TRAIN_STEPS = 2" in (model_dir / "config.gin").read_text()
+    steps = [json.loads(line)["step"] for line in (model_dir / "metrics.jsonl").open()]
+    assert steps == [1, 2] and (model_dir / "checkpoint_2").is_dir()
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_default_run_without_storage_access_is_one_line_and_writes_nothing(tmp_path):
+    """T5's vocabulary lives on gs://; here the storage service is a closed port, as good as no network."""
+    model_dir = tmp_path / "run"
+    env = {**os.environ, "STORAGE_EMULATOR_HOST": f"127.0.0.1:{closed_port()}"}
+    env.pop("T5_VOCAB_PATH", None)
+    result = subprocess.run([sys.executable, "-m", "t5scale", "train", "--gin_file=models/small.gin",
+                             "--gin_file=runs/pretrain.gin", f"--gin.MODEL_DIR='{model_dir}'"],
+                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr == (
+        "t5scale: error: the vocabulary of task 'c4_v220_span_corruption' gs://t5-data/vocabs/cc_all.32000.100extra/"
+        "sentencepiece.model: cannot reach 127.0.0.1 (Connection refused: no network here?). Copy it to this machine "
+        "and set T5_VOCAB_PATH to the copy.\n")  # one line: no traceback, no TensorFlow start-up noise
+    assert not model_dir.exists()
