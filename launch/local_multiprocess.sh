@@ -28,6 +28,16 @@ EOF
 
 die() { echo "local_multiprocess.sh: $*" >&2; echo "Try 'launch/local_multiprocess.sh --help'." >&2; exit 2; }
 
+quote() {  # the arguments as one line a shell reads back into the same words
+  local a out=()
+  for a in "$@"; do
+    if [[ $a =~ ^[A-Za-z0-9_./:=@%+,-]+$ ]]; then out+=("$a")
+    elif [[ $a != *[\"\$\`\\!]* ]]; then out+=("\"$a\"")
+    else out+=("'${a//\'/\'\\\'\'}'"); fi
+  done
+  echo "${out[*]}"
+}
+
 num_processes=2 port=29500 log_dir=logs/local_multiprocess dry_run=0
 while (($#)); do
   case "$1" in
@@ -46,10 +56,8 @@ if ! [[ $port =~ ^[0-9]+$ ]] || ((port < 1 || port > 65535)); then die "--port m
 
 if ((dry_run)); then
   for ((i = 0; i < num_processes; i++)); do
-    printf 'T5SCALE_COORDINATOR=127.0.0.1:%s T5SCALE_NUM_PROCESSES=%s T5SCALE_PROCESS_ID=%s' \
-      "$port" "$num_processes" "$i"
-    printf ' %q' "$@"
-    printf ' > %q 2>&1 &\n' "$log_dir/process_$i.log"
+    echo "T5SCALE_COORDINATOR=127.0.0.1:$port T5SCALE_NUM_PROCESSES=$num_processes T5SCALE_PROCESS_ID=$i" \
+      "$(quote "$@") > $(quote "$log_dir/process_$i.log") 2>&1 &"
   done
   exit 0
 fi

@@ -17,7 +17,7 @@ def test_dry_run_prints_one_command_per_process():
     result = run_script("local_multiprocess.sh", "--dry-run", "-n", "2", "--port", "1234", "--log-dir", "logs/x",
                         "--", "t5scale", "train", "--gin_file=runs/demo.gin", "--gin.MODEL_DIR='/tmp/run'")
     assert result.returncode == 0, result.stderr
-    command = "t5scale train --gin_file=runs/demo.gin --gin.MODEL_DIR=\\'/tmp/run\\'"
+    command = "t5scale train --gin_file=runs/demo.gin \"--gin.MODEL_DIR='/tmp/run'\""
     assert result.stdout.splitlines() == [
         f"T5SCALE_COORDINATOR=127.0.0.1:1234 T5SCALE_NUM_PROCESSES=2 T5SCALE_PROCESS_ID={i} {command}"
         f" > logs/x/process_{i}.log 2>&1 &" for i in range(2)]
