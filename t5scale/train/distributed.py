@@ -4,6 +4,7 @@
 - T5SCALE_DISTRIBUTED=0: never join (e.g. a one-host `t5scale eval` on a single worker of a pod).
 - Explicit: T5SCALE_COORDINATOR=host:port, T5SCALE_NUM_PROCESSES=N, T5SCALE_PROCESS_ID=i (any cluster, or several
   processes on one machine: launch/local_multiprocess.sh).
+- Open MPI: `mpirun -n N` with N > 1 (JAX reads OMPI_MCA_orte_hnp_uri and OMPI_COMM_WORLD_*).
 - SLURM: an `srun` step of several tasks, i.e. the variables JAX's own SLURM detection reads are all set and
   SLURM_NTASKS > 1. JAX takes the coordinator from SLURM_STEP_NODELIST and gives each task the one GPU
   SLURM_LOCALID names (launch/slurm_gpu.sbatch: one task per GPU).
@@ -23,7 +24,8 @@ import jax
 
 logger = logging.getLogger(__name__)
 
-# What JAX's SlurmCluster.is_env_present() requires (jax/_src/clusters/slurm_cluster.py).
+# What JAX's SlurmCluster.is_env_present() requires (jax/_src/clusters/slurm_cluster.py). JAX checks Open MPI
+# (OMPI_MCA_orte_hnp_uri), then SLURM, then Cloud TPU; so does detect().
 SLURM_VARIABLES = ("SLURM_JOB_ID", "SLURM_STEP_NODELIST", "SLURM_NTASKS", "SLURM_PROCID", "SLURM_LOCALID")
 EXPLICIT_VARIABLES = ("T5SCALE_COORDINATOR", "T5SCALE_NUM_PROCESSES", "T5SCALE_PROCESS_ID")
 
@@ -39,7 +41,7 @@ def on_cloud_tpu() -> bool:
 
 
 def detect(env=None) -> str | None:
-    """Which way this process joins: "explicit", "slurm", "cloud_tpu", or None (a single-process run)."""
+    """Which way this process joins: "explicit", "ompi", "slurm", "cloud_tpu", or None (a single process)."""
     env = os.environ if env is None else env
     if env.get("T5SCALE_DISTRIBUTED", "").lower() in ("0", "false", "no", "off"):
         return None
@@ -48,6 +50,8 @@ def detect(env=None) -> str | None:
         if missing:
             raise ValueError(f"T5SCALE_COORDINATOR is set but {missing} are not; set all three.")
         return "explicit"
+    if "OMPI_MCA_orte_hnp_uri" in env and int(env.get("OMPI_COMM_WORLD_SIZE", "1")) > 1:
+        return "ompi"
     if all(k in env for k in SLURM_VARIABLES) and int(env["SLURM_NTASKS"]) > 1:
         return "slurm"
     if on_cloud_tpu():
@@ -67,7 +71,7 @@ def maybe_initialize() -> str | None:
         jax.distributed.initialize(coordinator_address=env["T5SCALE_COORDINATOR"],
                                    num_processes=int(env["T5SCALE_NUM_PROCESSES"]),
                                    process_id=int(env["T5SCALE_PROCESS_ID"]))
-    elif how in ("slurm", "cloud_tpu"):
+    elif how in ("ompi", "slurm", "cloud_tpu"):
         jax.distributed.initialize()  # JAX's cluster auto-detection fills in all the arguments
     if how:
         logger.info("joined a multi-process run (%s)", how)

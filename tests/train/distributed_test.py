@@ -13,7 +13,8 @@ SLURM_STEP = {"SLURM_JOB_ID": "4242", "SLURM_STEP_NODELIST": "gpu[001-002]", "SL
 CLUSTER_VARIABLES = (*distributed.EXPLICIT_VARIABLES, *distributed.SLURM_VARIABLES, "T5SCALE_DISTRIBUTED",
                      "TPU_WORKER_HOSTNAMES", "TPU_PROCESS_ADDRESSES", "TPU_WORKER_ID", "TPU_SKIP_MDS_QUERY",
                      "MEGASCALE_COORDINATOR_ADDRESS", "MEGASCALE_NUM_SLICES", "MEGASCALE_SLICE_ID",
-                     "OMPI_MCA_orte_hnp_uri", "JAX_COORDINATOR_ADDRESS", "JAX_COORDINATOR_PORT", "JAX_LOCAL_DEVICE_IDS")
+                     "OMPI_MCA_orte_hnp_uri", "OMPI_COMM_WORLD_SIZE", "JAX_COORDINATOR_ADDRESS",
+                     "JAX_COORDINATOR_PORT", "JAX_LOCAL_DEVICE_IDS")
 
 
 @pytest.fixture
@@ -56,6 +57,14 @@ def test_an_srun_step_of_several_tasks_lets_jax_detect_slurm(calls, monkeypatch)
         monkeypatch.setenv(name, value)
     assert distributed.maybe_initialize() == "slurm"
     assert calls == [{}]
+
+
+@pytest.mark.parametrize("size, joins", [("4", "ompi"), ("1", None)])
+def test_mpirun_with_several_ranks_lets_jax_detect_open_mpi(calls, monkeypatch, size, joins):
+    monkeypatch.setenv("OMPI_MCA_orte_hnp_uri", "1531576320.0;tcp://10.96.0.1:34911")
+    monkeypatch.setenv("OMPI_COMM_WORLD_SIZE", size)
+    assert distributed.maybe_initialize() == joins
+    assert calls == ([{}] if joins else [])
 
 
 @pytest.mark.parametrize("changes", [
