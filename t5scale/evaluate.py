@@ -6,7 +6,8 @@
 seqio.Evaluator reads each task's evaluation split, our model decodes (greedy, or beam search with T5's brevity
 penalty) or scores targets (for rank-based metrics), and the task's postprocessor and metric functions do the rest.
 Writes `output_dir/metrics.json` (per-task metrics, GLUE and SuperGLUE averages) and seqio's per-task
-`<task>-<step, 6 digits>.jsonl` predictions; `format_table` prints the summary. Runs in one process.
+`<task>-<step, 6 digits>.jsonl` predictions; `format_table` prints the summary. Runs in one process. A compressed
+checkpoint (t5scale.compress) evaluates the same way, its weights dequantized to float32, under its source's step.
 """
 
 from __future__ import annotations
@@ -19,10 +20,10 @@ import numpy as np
 import seqio
 from etils import epath
 
+from t5scale.compress.checkpoint import load_any
 from t5scale.data import metrics as metrics_lib
 from t5scale.data.tasks import get_task_or_mixture
 from t5scale.model import decoding
-from t5scale.train.checkpoints import load_model
 
 # T5's benchmark scores; each is reported only when every task it averages was evaluated.
 BENCHMARKS = {"glue_average": metrics_lib.GLUE_AVERAGE_TASKS,
@@ -31,7 +32,7 @@ BENCHMARKS = {"glue_average": metrics_lib.GLUE_AVERAGE_TASKS,
 
 @dataclasses.dataclass(frozen=True)
 class EvalConfig:
-    checkpoint_path: str  # MODEL_DIR/checkpoint_<step>, or a MODEL_DIR (its newest checkpoint)
+    checkpoint_path: str  # MODEL_DIR/checkpoint_<step>, a MODEL_DIR (its newest checkpoint), or a compressed one
     mixture_or_task_name: str
     output_dir: str
     split: str = "validation"
@@ -77,8 +78,7 @@ def make_score_fn(model, cfg: EvalConfig) -> Callable:
 def evaluate(cfg: EvalConfig) -> dict:
     """Metrics of every task of the mixture (or the task) that has `cfg.split` and metrics; see the module doc."""
     get_task_or_mixture(cfg.mixture_or_task_name)  # registers our tasks; names the known ones if unknown
-    model, checkpoint = load_model(cfg.checkpoint_path)
-    step = int(checkpoint.name.removeprefix("checkpoint_"))
+    model, checkpoint, step = load_any(cfg.checkpoint_path)
     output_dir = epath.Path(cfg.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     evaluator = seqio.Evaluator(

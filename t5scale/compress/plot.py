@@ -1,0 +1,34 @@
+"""Accuracy against bytes: one curve per model size, the frontier over all of them (Train Large, Then Compress's
+figure). Takes the rows of `t5scale.compress.study` and a path; computes nothing but the drawing."""
+
+from __future__ import annotations
+
+import io
+
+from etils import epath
+
+from t5scale.compress.study import frontier
+
+
+def plot_accuracy_vs_bytes(rows: list[dict], path: str, *, quality_label: str = "score") -> None:
+    from matplotlib.figure import Figure  # no pyplot: no GUI backend, no global state
+
+    figure = Figure(figsize=(7, 4.5), layout="constrained")
+    axes = figure.subplots()
+    for model in dict.fromkeys(r["model"] for r in rows):
+        points = sorted((r for r in rows if r["model"] == model), key=lambda r: r["params_bytes"])
+        axes.plot([r["params_bytes"] for r in points], [r["score"] for r in points], "o-", label=model)
+        for r in points:
+            axes.annotate(r["setting"], (r["params_bytes"], r["score"]), fontsize=6, xytext=(3, 3),
+                          textcoords="offset points")
+    best = frontier(rows)
+    axes.step([r["params_bytes"] for r in best], [r["score"] for r in best], "k--", where="post", linewidth=1,
+              label="frontier (all sizes)")
+    axes.set_xscale("log")
+    axes.set_xlabel("bytes of the stored parameters (log scale)")
+    axes.set_ylabel(quality_label)
+    axes.grid(True, which="both", alpha=0.3)
+    axes.legend(fontsize=8)
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=150)
+    epath.Path(path).write_bytes(buffer.getvalue())
