@@ -74,7 +74,7 @@ def test_two_cpu_processes_train_like_one_process_reading_the_same_global_batche
     assert launched.returncode == 0, launched.stderr + logs[0][-3000:] + logs[1][-3000:]
     assert reference.wait(timeout=300) == 0, reference.stderr.read()[-3000:]
     for log in logs:
-        assert json.loads(log.strip().splitlines()[-1]) == {"step": 3, "ended_by": "train_steps"}
+        assert json.loads(log.strip().splitlines()[-1]).items() >= {"step": 3, "ended_by": "train_steps"}.items()
     assert {p.name for p in (launched_dir / "data_state" / "checkpoint_3").iterdir()} >= {
         "process_0.index", "process_1.index"}
     two, one = losses(launched_dir), losses(reference_dir)
