@@ -65,3 +65,46 @@ def load_flat_params(model: nnx.Module, params: dict[str, np.ndarray]) -> None:
 
 def _few(names: list[str]) -> str:
     return f"{names[:5]}{'...' if len(names) > 5 else ''}"
+
+
+def _key_names(path) -> tuple[str, ...]:
+    return tuple(str(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k)))) for k in path)
+
+
+def _stacked_name(names: tuple[str, ...]) -> tuple[tuple[str, ...], int | None]:
+    """('encoder', 'layers', '0', 'mlp', ...) -> (('encoder', 'layers', 'mlp', ...), 0); other names unchanged."""
+    if LAYERS_KEY in names:
+        at = names.index(LAYERS_KEY) + 1
+        if at < len(names) and names[at].isdigit():
+            return names[:at] + names[at + 1:], int(names[at])
+    return names, None
+
+
+def convert_layer_layout(tree, target):
+    """`tree` (any pytree holding per-layer arrays: params, an optimizer state that mirrors them) rearranged into
+    the layer layout of `target` (same kind of tree, abstract or concrete, of the other layout).
+
+    Stacked [L, ...] arrays are split into L per-layer ones, or per-layer ones stacked. Optimizer placeholders that
+    do not grow with the layer count (Adafactor's shape-(1,) slots of unfactored moments) are taken as they are.
+    The caller checks that the shapes came out right (e.g. under jax.eval_shape).
+    """
+    import jax.numpy as jnp
+
+    source = {}
+    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+        stacked, layer = _stacked_name(_key_names(path))
+        source.setdefault(stacked, {})[layer] = leaf
+    paths, treedef = jax.tree_util.tree_flatten_with_path(target)
+    leaves = []
+    for path, want in paths:
+        stacked, layer = _stacked_name(_key_names(path))
+        found = source[stacked]
+        if layer is None and None not in found:  # stack the per-layer arrays
+            parts = [found[i] for i in range(len(found))]
+            leaves.append(parts[0] if parts[0].shape == want.shape else jnp.stack(parts))
+        elif layer is not None and None in found:  # one layer of a stacked array
+            whole = found[None]
+            leaves.append(whole if whole.shape == want.shape else whole[layer])
+        else:  # not a per-layer array
+            leaves.append(found[layer])
+    return jax.tree.unflatten(treedef, leaves)

@@ -2,66 +2,241 @@
 
 Each holds the train state (params, optimizer state, step) and a JSON record of the run's configuration. The data
 iterators' positions are written beside it by every process, `MODEL_DIR/data_state/checkpoint_<step>/process_<i>`,
-before the state is committed, so a committed checkpoint always has its data position.
+with a manifest of their file sizes, before the state is committed, so a committed checkpoint always has its data
+position.
+
+Restoring tells two failures apart. A *torn* checkpoint (unreadable metadata or arrays, a data-state file that does
+not match its manifest) is skipped for the previous one. An *incompatible* one reads fine but does not fit the run
+(tree structure, shapes, dtypes, the number of processes that saved data positions): that stops the run with an
+`IncompatibleCheckpointError`, as does a MODEL_DIR whose checkpoints are all torn. A run never trains from scratch
+over existing checkpoints unless told to (`restart_from_scratch`).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 from typing import Any, Callable
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
+from jax.experimental import multihost_utils
+from orbax.checkpoint import checkpoint_managers
 
 STATE, RUN = "state", "run"
+DATA_STATE = "data_state"
+START_OVER = "--gin.train_config.restart_from_scratch=True"
+
+
+class IncompatibleCheckpointError(ValueError):
+    """MODEL_DIR has checkpoints, but none this run can resume from. The message is one line: what differs, and how
+    to proceed."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Layout:
+    """Another shape of the train state that a checkpoint may have been saved in, and how to convert from it."""
+
+    name: str  # for the log, e.g. "scan_layers=False"
+    abstract_state_fn: Callable[[], Any]  # ShapeDtypeStructs with shardings; built only when needed
+    convert_fn: Callable[[Any], Any]  # restored state in this layout -> the run's state
+
+
+def _how_to_proceed(model_dir: epath.Path) -> str:
+    return (f"To proceed: rerun with the settings the checkpoint was written with, use a new MODEL_DIR, or pass "
+            f"{START_OVER} to delete the checkpoints in {model_dir} and start over.")
+
+
+def describe_settings_changed(saved: dict, current: dict, sections=("model", "optim", "data", "mesh")) -> str:
+    """'model.scan_layers (True -> False), ...' for the config.json fields that differ; '' if none."""
+    changed = [f"{section}.{key} ({saved[section][key]!r} -> {value!r})"
+               for section in sections if section in saved and section in current
+               for key, value in current[section].items() if key in saved[section] and saved[section][key] != value]
+    return ", ".join(changed[:6]) + (f" and {len(changed) - 6} more" if len(changed) > 6 else "")
+
+
+def _flat_layout(tree: Any) -> dict[str, tuple[tuple[int, ...], str]]:
+    """{'params/encoder/...': (shape, dtype)} of an abstract state or of orbax's saved metadata tree."""
+    return {"/".join(path): (tuple(leaf.shape), str(np.dtype(leaf.dtype)))
+            for path, leaf in ocp.tree.to_flat_dict(tree).items() if leaf is not None}
+
+
+def describe_difference(saved: dict, expected: dict) -> str:
+    """What a saved state layout has that the run's does not, and vice versa (for one-line errors)."""
+    def few(names):
+        names = sorted(names)
+        return f"{names[0]}" + (f" (and {len(names) - 1} more)" if len(names) > 1 else "")
+
+    parts = []
+    if only_saved := set(saved) - set(expected):
+        parts.append(f"{len(only_saved)} arrays the run does not have, e.g. {few(only_saved)}")
+    if only_expected := set(expected) - set(saved):
+        parts.append(f"lacks {len(only_expected)} the run needs, e.g. {few(only_expected)}")
+    mismatched = sorted(k for k in set(saved) & set(expected) if saved[k] != expected[k])
+    if mismatched:
+        (s_shape, s_dtype), (e_shape, e_dtype) = saved[mismatched[0]], expected[mismatched[0]]
+        parts.append(f"{len(mismatched)} arrays of another shape or dtype, e.g. {mismatched[0]} is "
+                     f"{s_dtype}{list(s_shape)} there and {e_dtype}{list(e_shape)} here")
+    return "; ".join(parts)
+
+
+def _all_processes_agree(ok: bool) -> bool:
+    """True iff `ok` on every process: a fallback decision that one host takes alone would split the run."""
+    if jax.process_count() == 1:
+        return ok
+    return bool(np.all(multihost_utils.process_allgather(np.asarray(ok))))
 
 
 class Checkpointer:
-    def __init__(self, model_dir: str, *, keep: int | None = 3, async_save: bool = True):
+    def __init__(self, model_dir: str, *, keep: int | None = 3, keep_every: int | None = None,
+                 async_save: bool = True):
+        """Keeps the newest `keep` checkpoints (None: all) and, for good, every one whose step is a multiple of
+        `keep_every`."""
         self.model_dir = epath.Path(model_dir)
+        self._saved = False
+        policies = [checkpoint_managers.LatestN(keep)]
+        if keep_every:
+            policies.append(checkpoint_managers.EveryNSteps(keep_every))
         self._manager = ocp.CheckpointManager(
             self.model_dir,
-            options=ocp.CheckpointManagerOptions(max_to_keep=keep, step_prefix="checkpoint", create=True,
-                                                 enable_async_checkpointing=async_save))
+            options=ocp.CheckpointManagerOptions(
+                step_prefix="checkpoint", create=True, enable_async_checkpointing=async_save,
+                preservation_policy=checkpoint_managers.AnyPreservationPolicy(policies)),
+            item_handlers={STATE: ocp.StandardCheckpointHandler(), RUN: ocp.JsonCheckpointHandler()})
 
-    def data_state_path(self, step: int) -> str:
-        return str(self.model_dir / "data_state" / f"checkpoint_{step}" / f"process_{jax.process_index()}")
+    def data_state_path(self, step: int, process: int | None = None) -> epath.Path:
+        process = jax.process_index() if process is None else process
+        return self.model_dir / DATA_STATE / f"checkpoint_{step}" / f"process_{process}"
 
     def steps(self) -> list[int]:
         return sorted(self._manager.all_steps())
 
     def save(self, step: int, state: Any, run_record: dict, save_data_state: Callable[[str], Any]) -> None:
-        save_data_state(self.data_state_path(step))
+        path = self.data_state_path(step)
+        save_data_state(str(path))
+        _write_manifest(path)
         self._manager.save(step, args=ocp.args.Composite(**{STATE: ocp.args.StandardSave(state),
                                                             RUN: ocp.args.JsonSave(run_record)}))
-        self._remove_stale_data_states()
+        self._saved = True
+        self._remove_stale_data_states(also_keep=step)
 
-    def _remove_stale_data_states(self) -> None:
-        root = self.model_dir / "data_state"
-        kept = {f"checkpoint_{s}" for s in self._manager.all_steps()}
-        if root.exists():
-            for path in root.iterdir():
-                if path.name not in kept and not self._manager.is_saving_in_progress():
-                    path.rmtree(missing_ok=True)
+    def _remove_stale_data_states(self, also_keep: int | None = None) -> None:
+        """Data positions of checkpoints orbax has deleted (or never committed)."""
+        root = self.model_dir / DATA_STATE
+        if jax.process_index() != 0 or not root.exists():
+            return
+        kept = {f"checkpoint_{s}" for s in [*self._manager.all_steps(), also_keep]}
+        for path in root.iterdir():
+            if path.name not in kept:
+                path.rmtree(missing_ok=True)
 
-    def restore_latest(self, abstract_state: Any,
-                       restore_data_state: Callable[[str], Any]) -> tuple[int, Any, dict | None]:
-        """Newest readable checkpoint as (step, state, run record); an unreadable one is skipped with a warning.
+    def restore_latest(self, abstract_state: Any, restore_data_state: Callable[[str], Any], *,
+                       layouts: tuple[Layout, ...] = (), settings_changed: str = ""
+                       ) -> tuple[int, Any, dict | None]:
+        """Newest restorable checkpoint as (step, state, run record); (0, None, None) when MODEL_DIR has none.
 
-        Returns (0, None, None) when there is none.
+        A torn checkpoint is skipped with a warning. One saved in one of `layouts` is converted. One that does not fit
+        raises IncompatibleCheckpointError, naming `settings_changed` (from the run's config.json) as the likely
+        cause; so does a MODEL_DIR whose checkpoints are all torn.
         """
-        for step in reversed(self.steps()):
-            try:
-                restored = self._manager.restore(step, args=ocp.args.Composite(
-                    **{STATE: ocp.args.StandardRestore(abstract_state), RUN: ocp.args.JsonRestore()}))
-                restore_data_state(self.data_state_path(step))
-                return step, restored[STATE], restored[RUN]
-            except Exception as error:  # a torn or corrupted checkpoint: fall back to the previous one
-                logging.warning("Checkpoint %s is unreadable (%s: %s); falling back to an earlier one.",
-                                self.model_dir / f"checkpoint_{step}", type(error).__name__,
-                                str(error).splitlines()[0][:300] if str(error) else "")
+        steps = self.steps()
+        for step in reversed(steps):
+            saved = self._saved_layout(step)
+            if not _all_processes_agree(saved is not None):
+                continue
+            target, convert_fn = self._choose_layout(step, saved, abstract_state, layouts, settings_changed)
+            self._check_data_state_layout(step, settings_changed)
+            restored = self._try_restore(step, target, restore_data_state)
+            if _all_processes_agree(restored is not None):
+                state, record = restored
+                return step, convert_fn(state), record
+        if steps:
+            raise IncompatibleCheckpointError(
+                f"None of the checkpoints in {self.model_dir} (steps {steps}) can be restored: each is torn or "
+                f"corrupted (see the warnings above), and the run will not silently start from scratch over them. "
+                + _how_to_proceed(self.model_dir))
         return 0, None, None
+
+    def _saved_layout(self, step: int) -> dict | None:
+        try:
+            metadata = self._manager.item_metadata(step)[STATE]
+            if metadata is None:
+                raise ValueError("no metadata for the train state")
+            return _flat_layout(metadata.tree)
+        except Exception as error:  # noqa: BLE001 -- any failure to read it means the checkpoint is torn
+            self._warn_torn(step, error)
+            return None
+
+    def _choose_layout(self, step: int, saved: dict, abstract_state: Any, layouts: tuple[Layout, ...],
+                       settings_changed: str):
+        expected = _flat_layout(abstract_state)
+        if saved == expected:
+            return abstract_state, lambda state: state
+        for layout in layouts:
+            other = layout.abstract_state_fn()
+            if saved == _flat_layout(other):
+                converted = _flat_layout(jax.eval_shape(layout.convert_fn, other))
+                if converted != expected:
+                    raise IncompatibleCheckpointError(
+                        f"{self.model_dir / f'checkpoint_{step}'} was saved with {layout.name} and does not convert "
+                        f"to this run's layout: converted, it has {describe_difference(converted, expected)}. "
+                        + _how_to_proceed(self.model_dir))
+                logging.warning("%s was saved with %s; converting its params and optimizer state to this run's "
+                                "layout.", self.model_dir / f"checkpoint_{step}", layout.name)
+                return other, layout.convert_fn
+        raise IncompatibleCheckpointError(
+            f"{self.model_dir / f'checkpoint_{step}'} does not fit this run: it has "
+            f"{describe_difference(saved, expected)}. "
+            + (f"Settings changed since it was written: {settings_changed}. " if settings_changed else "")
+            + _how_to_proceed(self.model_dir))
+
+    def _check_data_state_layout(self, step: int, settings_changed: str) -> None:
+        root = self.model_dir / DATA_STATE / f"checkpoint_{step}"
+        saved_by = sorted(p.name.removesuffix(".manifest.json") for p in root.glob("process_*.manifest.json"))
+        if len(saved_by) != jax.process_count():
+            raise IncompatibleCheckpointError(
+                f"{self.model_dir / f'checkpoint_{step}'} holds the data positions of {len(saved_by)} processes "
+                f"and this run has {jax.process_count()}; a data position cannot be split or merged across "
+                f"processes. " + (f"Settings changed: {settings_changed}. " if settings_changed else "")
+                + _how_to_proceed(self.model_dir))
+
+    def _try_restore(self, step: int, target: Any, restore_data_state: Callable[[str], Any]):
+        """(state, record), or None for a torn checkpoint."""
+        path = self.data_state_path(step)
+        if (problem := _manifest_problem(path)) is not None:
+            self._warn_torn(step, problem)
+            return None
+        try:
+            restored = self._manager.restore(step, args=ocp.args.Composite(
+                **{STATE: ocp.args.StandardRestore(target), RUN: ocp.args.JsonRestore()}))
+        except Exception as error:  # noqa: BLE001 -- the layout fits (checked above): what remains is damage
+            self._warn_torn(step, error)
+            return None
+        try:
+            restore_data_state(str(path))
+        except Exception as error:  # noqa: BLE001 -- the files match their manifest: the pipeline changed
+            raise IncompatibleCheckpointError(
+                f"The data position saved at {path} does not fit this run's input pipeline "
+                f"({type(error).__name__}: {str(error).splitlines()[0][:200] if str(error) else ''}). "
+                + _how_to_proceed(self.model_dir)) from None
+        return restored[STATE], restored[RUN]
+
+    def _warn_torn(self, step: int, error: Exception | str) -> None:
+        reason = error if isinstance(error, str) else f"{type(error).__name__}: {str(error).splitlines()[0][:300]}" \
+            if str(error) else type(error).__name__
+        logging.warning("Checkpoint %s is torn or corrupted (%s); falling back to an earlier one.",
+                        self.model_dir / f"checkpoint_{step}", reason)
+
+    def delete_all(self) -> None:
+        """Every checkpoint and data position in MODEL_DIR (the explicit start-over)."""
+        for step in self.steps():
+            self._manager.delete(step)
+        if jax.process_index() == 0:
+            (self.model_dir / DATA_STATE).rmtree(missing_ok=True)
+        self._manager.reload()
 
     def wait(self) -> None:
         """Block until async saves are committed."""
@@ -69,7 +244,34 @@ class Checkpointer:
 
     def close(self) -> None:
         self._manager.wait_until_finished()
+        if self._saved:  # a run that saved nothing (e.g. could not resume) leaves MODEL_DIR as it found it
+            self._remove_stale_data_states()
         self._manager.close()
+
+
+def _manifest_path(data_state: epath.Path) -> epath.Path:
+    return data_state.parent / f"{data_state.name}.manifest.json"
+
+
+def _data_files(data_state: epath.Path) -> dict[str, int]:
+    manifest = _manifest_path(data_state).name
+    return {p.name: p.stat().length for p in data_state.parent.glob(f"{data_state.name}.*") if p.name != manifest}
+
+
+def _write_manifest(data_state: epath.Path) -> None:
+    """Sizes of this process's data-state files, written after them: a file that differs later is torn."""
+    _manifest_path(data_state).write_text(json.dumps(_data_files(data_state)))
+
+
+def _manifest_problem(data_state: epath.Path) -> str | None:
+    try:
+        expected = json.loads(_manifest_path(data_state).read_text())
+    except (OSError, ValueError) as error:
+        return f"data-state manifest {_manifest_path(data_state)} is unreadable: {type(error).__name__}"
+    found = _data_files(data_state)
+    if found != expected:
+        return f"data-state files {data_state}.* are {found}, their manifest says {expected}"
+    return None
 
 
 def _absolute(path: str) -> epath.Path:
@@ -111,8 +313,6 @@ def load_model(path: str, **config_changes):
     `config_changes` may change what does not alter the parameters (dtype, dropout_rate).
     Returns (model, checkpoint path).
     """
-    import json
-
     from flax import nnx
 
     from t5scale.config import ModelConfig

@@ -4,13 +4,17 @@
                    mesh_cfg=MeshConfig(), train_cfg=TrainConfig(model_dir="/tmp/run", train_steps=1000))
 
 Stops at the first of: TRAIN_STEPS, a training-FLOP budget, a wall-clock budget (counted over all restarts), or
-SIGTERM (a checkpoint is written first); `MODEL_DIR/train_end.json` records which. A rerun of the same command
-resumes from the newest readable checkpoint, data position included, and reproduces the uninterrupted run.
+SIGTERM (a checkpoint is written first); `MODEL_DIR/train_end.json` records which. Every host takes that decision
+together at a step boundary, so all save the same step. A rerun of the same command resumes from the newest intact
+checkpoint, data position included, and reproduces the uninterrupted run; one saved with the other `scan_layers`
+layout is converted. A checkpoint that does not fit the run stops it (IncompatibleCheckpointError) before anything
+is written: it never trains from scratch over existing checkpoints unless `restart_from_scratch` says so.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import os
@@ -23,13 +27,16 @@ import jax.numpy as jnp
 import numpy as np
 from etils import epath
 from flax import nnx
+from jax.experimental import multihost_utils
 
 from t5scale.config import ModelConfig
 from t5scale.data.pipeline import BatchIterator, DataConfig, make_dataset
 from t5scale.model.flops import training_flops
 from t5scale.model.t5 import T5
 from t5scale.train import metrics as metrics_lib
-from t5scale.train.checkpoints import Checkpointer, resolve_checkpoint, restore_params
+from t5scale.model.layout import convert_layer_layout
+from t5scale.train.checkpoints import (Checkpointer, IncompatibleCheckpointError, Layout, START_OVER,
+                                       describe_settings_changed, resolve_checkpoint, restore_params)
 from t5scale.train.metrics import NonFiniteLossError  # noqa: F401  (re-exported: callers catch it here)
 from t5scale.train.optim import OptimConfig, make_learning_rate_fn, make_optimizer
 from t5scale.train.partitioning import MeshConfig, batch_sharding, make_mesh, param_shardings
@@ -49,6 +56,7 @@ class TrainConfig:
     time_budget_s: float | None = None  # stop after this much training wall-clock time, over all restarts
     save_every: int = 1000
     keep_checkpoints: int | None = 3
+    keep_every: int | None = None  # also keep every checkpoint whose step is a multiple of this, for good
     log_every: int = 100
     eval_every: int | None = None  # validation loss every N steps (None: never)
     eval_batches: int = 10
@@ -59,10 +67,15 @@ class TrainConfig:
     peak_flops_per_device: float | None = None  # for MFU; None: known accelerators are detected
     async_checkpoints: bool = True
     progress_bar: bool = True
+    # When MODEL_DIR's checkpoints cannot be resumed by this run: delete them and start at step 0 (a run that can
+    # resume them still does, so a relaunch of the same command does not start over again).
+    restart_from_scratch: bool = False
 
     def __post_init__(self):
         if self.train_steps < 1 or self.save_every < 1 or self.log_every < 1 or self.microbatches < 1:
             raise ValueError("TrainConfig: train_steps, save_every, log_every and microbatches must be positive.")
+        if self.keep_every is not None and self.keep_every < 1:
+            raise ValueError(f"TrainConfig.keep_every must be positive or None, got {self.keep_every}.")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,6 +87,7 @@ class TrainResult:
     target_tokens_per_s: float | None = None  # throughput and MFU of the last logged window
     mfu: float | None = None
     mfu_peak: str = ""  # where the peak behind the MFU comes from
+    start_step: int = 0  # the checkpoint step this run resumed from (0: a fresh start)
 
 
 class _Sigterm:
@@ -90,16 +104,40 @@ class _Sigterm:
         signal.signal(signal.SIGTERM, self._previous)
 
 
-def _check_architecture(model_dir: epath.Path, model_cfg: ModelConfig) -> None:
+# A per-host reason to stop, in order of precedence when hosts disagree.
+HOST_STOP_REASONS = ("time_budget", "sigterm")
+
+
+def _stop_together(local_reason: str | None) -> str | None:
+    """The reason to stop now that every host agrees on: any host's, so all save the same step and exit (one host
+    stopping alone would leave the others hanging in the next collective). NaN losses need no vote: the loss is a
+    global value that every host checks at the same steps."""
+    if jax.process_count() == 1:
+        return local_reason
+    code = 0 if local_reason is None else 1 + HOST_STOP_REASONS.index(local_reason)
+    agreed = int(np.max(multihost_utils.process_allgather(np.int32(code))))
+    return None if agreed == 0 else HOST_STOP_REASONS[agreed - 1]
+
+
+def _read_run_config(model_dir: epath.Path) -> dict | None:
     path = model_dir / "config.json"
-    if not path.exists():
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def _check_architecture(model_dir: epath.Path, model_cfg: ModelConfig, *, resuming: bool) -> None:
+    saved = (_read_run_config(model_dir) or {}).get("model")
+    if saved is None:
         return
-    saved = json.loads(path.read_text())["model"]
     current = model_cfg.to_dict()
     changed = {f: (saved[f], current[f]) for f in ARCHITECTURE_FIELDS if saved.get(f) != current[f]}
+    if changed and resuming:
+        raise IncompatibleCheckpointError(
+            f"{model_dir} holds a run of another architecture; changed fields (checkpoint, now): {changed}. To "
+            f"proceed: use the checkpoint's shape, a new MODEL_DIR, or pass {START_OVER} to delete its checkpoints "
+            "and start over.")
     if changed:
         raise ValueError(f"{model_dir} holds a run of another architecture; changed fields (checkpoint, now): "
-                         f"{changed}. Use the checkpoint's shape (or, to resume, a new MODEL_DIR).")
+                         f"{changed}. Use the checkpoint's shape.")
 
 
 def _write_run_config(model_dir: epath.Path, configs: dict[str, Any], gin_config: str) -> None:
@@ -109,6 +147,71 @@ def _write_run_config(model_dir: epath.Path, configs: dict[str, Any], gin_config
     (model_dir / "config.json").write_text(json.dumps(configs, indent=1, default=str) + "\n")
     if gin_config:
         (model_dir / "config.gin").write_text(gin_config)
+
+
+def _make_init_fn(model_cfg: ModelConfig, tx, seed: int, mesh, rules: str):
+    """The jitted initial train state, params placed by `rules` (the optimizer state's placement follows)."""
+    abstract_params = nnx.state(nnx.eval_shape(lambda: T5(model_cfg, rngs=nnx.Rngs(0))), nnx.Param)
+
+    def init_state():
+        params = nnx.state(T5(model_cfg, rngs=nnx.Rngs(params=seed)), nnx.Param)
+        return TrainState(jnp.zeros((), jnp.int32), params, tx.init(params))
+
+    return jax.jit(init_state, out_shardings=TrainState(None, param_shardings(abstract_params, mesh, rules), None))
+
+
+def _other_layer_layout(model_cfg: ModelConfig, tx, seed: int, mesh, rules: str, abstract_state) -> Layout:
+    """A checkpoint of the other `scan_layers` layout holds the same parameters (per layer or stacked): restored
+    in its own shape and placement, then rearranged into this run's."""
+    other_cfg = model_cfg.replace(scan_layers=not model_cfg.scan_layers)
+
+    def abstract_state_fn():
+        init_fn = _make_init_fn(other_cfg, tx, seed, mesh, rules)
+        with mesh:  # compiled only, never run: the placement XLA gives the optimizer state, without its memory
+            shardings = init_fn.lower().compile().output_shardings
+        return jax.tree.map(lambda x, sharding: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
+                            init_fn.eval_shape(), shardings)
+
+    convert_fn = jax.jit(functools.partial(convert_layer_layout, target=abstract_state),
+                         out_shardings=jax.tree.map(lambda x: x.sharding, abstract_state))
+    return Layout(f"scan_layers={other_cfg.scan_layers}", abstract_state_fn, convert_fn)
+
+
+def _resume(checkpointer: Checkpointer, state, configs: dict, model_cfg: ModelConfig, data_cfg: DataConfig,
+            train_cfg: TrainConfig, tx, mesh, rules: str):
+    """(state, start step, run record, batches) from MODEL_DIR's newest intact checkpoint, else a fresh start
+    (warm-started when asked). Raises IncompatibleCheckpointError rather than starting over existing checkpoints."""
+    model_dir = checkpointer.model_dir
+    state_sharding = jax.tree.map(lambda x: x.sharding, state)
+    abstract_state = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
+    layouts = (_other_layer_layout(model_cfg, tx, train_cfg.seed, mesh, rules, abstract_state),)
+
+    def batch_iterator():
+        return BatchIterator(make_dataset(data_cfg, jax.process_index(), jax.process_count()))
+
+    batches = batch_iterator()
+    try:
+        if checkpointer.steps():
+            _check_architecture(model_dir, model_cfg, resuming=True)
+        saved_configs = _read_run_config(model_dir) or {}
+        start_step, restored, record = checkpointer.restore_latest(
+            abstract_state, batches.restore, layouts=layouts,
+            settings_changed=describe_settings_changed(saved_configs, json.loads(json.dumps(configs, default=str))))
+    except IncompatibleCheckpointError as error:
+        if not train_cfg.restart_from_scratch:
+            raise
+        logging.warning("%s Starting over as asked (restart_from_scratch=True): deleting them.", error)
+        checkpointer.delete_all()
+        start_step, restored, record, batches = 0, None, None, batch_iterator()
+    if restored is not None:
+        logging.info("Resumed from %s at step %d.", model_dir / f"checkpoint_{start_step}", start_step)
+        return restored, start_step, record, batches
+    if train_cfg.initial_checkpoint_path:
+        initial = resolve_checkpoint(train_cfg.initial_checkpoint_path, "INITIAL_CHECKPOINT_PATH")
+        _check_architecture(initial.parent, model_cfg, resuming=False)
+        params = restore_params(str(initial), abstract_state.params)
+        state = TrainState(state.step, params, jax.jit(tx.init, out_shardings=state_sharding.opt_state)(params))
+    return state, 0, None, batches
 
 
 def _global_batch(local: dict[str, np.ndarray], sharding) -> dict[str, jax.Array]:
@@ -121,39 +224,27 @@ def train(*, model_cfg: ModelConfig, data_cfg: DataConfig, optim_cfg: OptimConfi
     # orbax wants absolute paths; gs:// ones already are.
     model_dir = epath.Path(train_cfg.model_dir if "://" in train_cfg.model_dir else
                            os.path.abspath(train_cfg.model_dir))
-    _check_architecture(model_dir, model_cfg)
     configs = {"model": model_cfg.to_dict(), "data": dataclasses.asdict(data_cfg),
                "optim": dataclasses.asdict(optim_cfg), "mesh": dataclasses.asdict(mesh_cfg),
                "train": dataclasses.asdict(train_cfg)}
-    _write_run_config(model_dir, configs, gin_config)
-
     mesh = make_mesh(mesh_cfg)
-    graphdef, abstract_params = nnx.split(nnx.eval_shape(lambda: T5(model_cfg, rngs=nnx.Rngs(0))), nnx.Param)
-    params_sharding = param_shardings(abstract_params, mesh, mesh_cfg.rules)
+    graphdef, _ = nnx.split(nnx.eval_shape(lambda: T5(model_cfg, rngs=nnx.Rngs(0))), nnx.Param)
     tx = make_optimizer(optim_cfg)
-
-    def init_state():
-        params = nnx.state(T5(model_cfg, rngs=nnx.Rngs(params=train_cfg.seed)), nnx.Param)
-        return TrainState(jnp.zeros((), jnp.int32), params, tx.init(params))
-
     with mesh:
-        state = jax.jit(init_state, out_shardings=TrainState(None, params_sharding, None))()
+        state = _make_init_fn(model_cfg, tx, train_cfg.seed, mesh, mesh_cfg.rules)()
     state_sharding = jax.tree.map(lambda x: x.sharding, state)
     data_sharding = batch_sharding(mesh)
 
-    batches = BatchIterator(make_dataset(data_cfg, jax.process_index(), jax.process_count()))
-    checkpointer = Checkpointer(str(model_dir), keep=train_cfg.keep_checkpoints,
+    checkpointer = Checkpointer(str(model_dir), keep=train_cfg.keep_checkpoints, keep_every=train_cfg.keep_every,
                                 async_save=train_cfg.async_checkpoints)
-    abstract_state = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
-    start_step, restored, record = checkpointer.restore_latest(abstract_state, batches.restore)
-    if restored is not None:
-        state = restored
-        logging.info("Resumed from %s at step %d.", model_dir / f"checkpoint_{start_step}", start_step)
-    elif train_cfg.initial_checkpoint_path:
-        initial = resolve_checkpoint(train_cfg.initial_checkpoint_path, "INITIAL_CHECKPOINT_PATH")
-        _check_architecture(initial.parent, model_cfg)
-        params = restore_params(str(initial), abstract_state.params)
-        state = TrainState(state.step, params, jax.jit(tx.init, out_shardings=state_sharding.opt_state)(params))
+    # Nothing is written to MODEL_DIR before the resume decision: a run that cannot resume leaves it as it was.
+    try:
+        state, start_step, record, batches = _resume(checkpointer, state, configs, model_cfg, data_cfg, train_cfg,
+                                                     tx, mesh, mesh_cfg.rules)
+    except BaseException:
+        checkpointer.close()
+        raise
+    _write_run_config(model_dir, configs, gin_config)
     train_seconds = record.get("train_seconds", 0.0) if record else 0.0
 
     train_step = jax.jit(make_train_step(graphdef, tx, z_loss=train_cfg.z_loss,
@@ -182,13 +273,12 @@ def train(*, model_cfg: ModelConfig, data_cfg: DataConfig, optim_cfg: OptimConfi
             if step >= train_cfg.train_steps:
                 break
             if train_cfg.flop_budget is not None and step * flops_per_step >= train_cfg.flop_budget:
-                ended_by = "flop_budget"
+                ended_by = "flop_budget"  # a function of the step: every host reaches it at the same one
                 break
-            if train_cfg.time_budget_s is not None and train_seconds >= train_cfg.time_budget_s:
-                ended_by = "time_budget"
-                break
-            if sigterm.received:
-                ended_by = "sigterm"
+            local = ("sigterm" if sigterm.received else "time_budget" if train_cfg.time_budget_s is not None and
+                     train_seconds >= train_cfg.time_budget_s else None)
+            if (stop := _stop_together(local)) is not None:
+                ended_by = stop
                 break
             tic = time.perf_counter()
             with mesh:
@@ -214,7 +304,7 @@ def train(*, model_cfg: ModelConfig, data_cfg: DataConfig, optim_cfg: OptimConfi
         checkpointer.close()
     result = TrainResult(step=step, ended_by=ended_by, last_loss=logger.last_loss, model_dir=str(model_dir),
                          target_tokens_per_s=logger.last_scalars.get("target_tokens_per_s"),
-                         mfu=logger.last_scalars.get("mfu"), mfu_peak=peak_source)
+                         mfu=logger.last_scalars.get("mfu"), mfu_peak=peak_source, start_step=start_step)
     if jax.process_index() == 0:
         (model_dir / "train_end.json").write_text(json.dumps(dataclasses.asdict(result), indent=1) + "\n")
     return result

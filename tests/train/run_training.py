@@ -23,7 +23,7 @@ OPTIM = OptimConfig(schedule="constant", learning_rate=0.01)
 def run(model_dir: str, steps: int, save_every: int = 2, mesh: MeshConfig | None = None, **train_changes):
     mesh = mesh or MeshConfig()
     cfg = TrainConfig(model_dir=model_dir, train_steps=steps, save_every=save_every, log_every=1,
-                      progress_bar=False, async_checkpoints=False, **train_changes)
+                      progress_bar=False, **train_changes)
     return train(model_cfg=MODEL, data_cfg=DATA, optim_cfg=OPTIM, mesh_cfg=mesh, train_cfg=cfg)
 
 
@@ -59,4 +59,4 @@ if __name__ == "__main__":
     args = sys.argv[1:]
     mesh = MeshConfig(data=int(args[3]), model=int(args[4])) if len(args) > 3 else MeshConfig()
     result = run(args[0], int(args[1]), int(args[2]) if len(args) > 2 else 2, mesh=mesh)
-    print(json.dumps({"step": result.step, "ended_by": result.ended_by}))
+    print(json.dumps({"step": result.step, "ended_by": result.ended_by, "start_step": result.start_step}))

@@ -1,16 +1,20 @@
 """The training loop end to end on a tiny shape: artifacts, exact resume after kill -9, SIGTERM, NaN, fallback,
 budgets. Runs in separate processes where the test needs to kill one."""
 
+import dataclasses
 import json
 import os
 import pathlib
+import shutil
 import signal
 import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 
+from t5scale.train.checkpoints import IncompatibleCheckpointError
 from t5scale.train.trainer import NonFiniteLossError, TrainConfig
 from tests.testing import REPO
 from tests.train.run_training import losses, run
@@ -50,40 +54,174 @@ def test_a_run_writes_checkpoints_config_metrics_and_events(uninterrupted):
     assert steps[8] < steps[1] - 0.5  # it learns
 
 
-def test_rerun_after_kill_9_reproduces_the_uninterrupted_losses_exactly(uninterrupted, tmp_path):
+def rows(model_dir) -> list[tuple[int, float]]:
+    """(step, loss) of every metrics.jsonl record, in the order written (a rerun appends its own)."""
+    path = pathlib.Path(model_dir) / "metrics.jsonl"
+    return [(r["step"], r["loss"]) for r in map(json.loads, path.read_text().splitlines())] if path.exists() else []
+
+
+def rerun(model_dir, steps, **changes):
+    """Run the same command again; returns the result and the (step, loss) records that this run wrote."""
+    before = len(rows(model_dir))
+    result = run(str(model_dir), steps, **changes)
+    return result, rows(model_dir)[before:]
+
+
+def assert_resumed_from(result, new_rows, step, end):
+    """The rerun restored `step` and trained exactly the steps after it: none at or before it again."""
+    assert result.start_step == step
+    assert [s for s, _ in new_rows] == list(range(step + 1, end + 1))
+
+
+def committed_steps(model_dir) -> list[int]:
+    """Checkpoints orbax has committed (its temporary directories carry a suffix after the step)."""
+    return sorted(int(p.name.removeprefix("checkpoint_")) for p in pathlib.Path(model_dir).glob("checkpoint_*")
+                  if p.name.removeprefix("checkpoint_").isdigit())
+
+
+def snapshot(model_dir) -> dict[str, tuple[int, float]]:
+    return {str(p.relative_to(model_dir)): (p.stat().st_size, p.stat().st_mtime)
+            for p in pathlib.Path(model_dir).rglob("*") if p.is_file()}
+
+
+def copy_run(source, target, drop_steps=()):
+    subprocess.run(["cp", "-r", f"{source}/.", str(target)], check=True)
+    for step in drop_steps:
+        shutil.rmtree(target / f"checkpoint_{step}")
+        shutil.rmtree(target / "data_state" / f"checkpoint_{step}")
+
+
+def test_rerun_after_kill_9_resumes_from_the_newest_committed_checkpoint_and_reproduces_the_losses(
+        uninterrupted, tmp_path):
     reference = losses(uninterrupted[0])
-    process = start(tmp_path, 8)
+    process = start(tmp_path, 8)  # asynchronous checkpoints, the default
     wait_for(tmp_path / "checkpoint_4", process)
     process.send_signal(signal.SIGKILL)
     process.wait()
     assert process.returncode == -signal.SIGKILL
-    result = run(str(tmp_path), 8)  # the same command again
+    committed = committed_steps(tmp_path)[-1]
+    assert 4 <= committed < 8
+    result, new_rows = rerun(tmp_path, 8)  # the same command again
     assert result.step == 8
+    assert_resumed_from(result, new_rows, committed, 8)
     assert losses(tmp_path) == reference  # bit for bit on CPU
 
 
-def test_sigterm_checkpoints_then_exits(tmp_path):
+def test_sigterm_checkpoints_then_exits_and_a_rerun_restores_that_checkpoint(tmp_path):
     process = start(tmp_path, 1000, "1000")
     wait_for(tmp_path / "metrics.jsonl", process)
     process.send_signal(signal.SIGTERM)
     out, err = process.communicate(timeout=300)
     assert process.returncode == 0, err[-2000:]
-    step = json.loads(out.strip().splitlines()[-1])["step"]
-    assert json.loads(out.strip().splitlines()[-1])["ended_by"] == "sigterm" and 0 < step < 1000
-    assert (tmp_path / f"checkpoint_{step}").exists()
+    end = json.loads(out.strip().splitlines()[-1])
+    step = end["step"]
+    assert end["ended_by"] == "sigterm" and 0 < step < 1000
+    assert committed_steps(tmp_path) == [step]
+    result, new_rows = rerun(tmp_path, step + 1, save_every=1000)
+    assert_resumed_from(result, new_rows, step, step + 1)
+    reference = run(str(tmp_path / "reference"), step + 1, save_every=1000)
+    assert reference.start_step == 0
+    assert losses(tmp_path) == losses(tmp_path / "reference")
 
 
-def test_unreadable_latest_checkpoint_falls_back_to_the_previous(uninterrupted, tmp_path, caplog):
+def test_torn_latest_checkpoint_falls_back_to_the_previous(uninterrupted, tmp_path, caplog):
     # A copy of the finished run whose newest checkpoint is corrupted.
-    subprocess.run(["cp", "-r", f"{uninterrupted[0]}/.", str(tmp_path)], check=True)
+    copy_run(uninterrupted[0], tmp_path)
     for file in (tmp_path / "checkpoint_8" / "state").rglob("*"):
         if file.is_file():
             file.write_bytes(b"corrupted")
-    result = run(str(tmp_path), 10)
+    result, new_rows = rerun(tmp_path, 10)
     assert result.step == 10
-    assert "checkpoint_8 is unreadable" in caplog.text
-    # Resumed from step 6, so steps 7 and 8 were retrained exactly as before.
-    assert losses(tmp_path)[8] == losses(uninterrupted[0])[8]
+    assert "checkpoint_8 is torn or corrupted" in caplog.text
+    assert_resumed_from(result, new_rows, 6, 10)
+    # Steps 7 and 8 were retrained exactly as before.
+    assert dict(new_rows)[7] == losses(uninterrupted[0])[7] and dict(new_rows)[8] == losses(uninterrupted[0])[8]
+
+
+def test_torn_data_state_falls_back_to_the_previous_checkpoint(uninterrupted, tmp_path, caplog):
+    copy_run(uninterrupted[0], tmp_path)
+    data = next((tmp_path / "data_state" / "checkpoint_8").glob("process_0.data-*"))
+    data.write_bytes(data.read_bytes()[: data.stat().st_size // 2])  # a truncated file
+    result, new_rows = rerun(tmp_path, 8)
+    assert "checkpoint_8 is torn or corrupted (data-state files" in caplog.text
+    assert_resumed_from(result, new_rows, 6, 8)
+    assert dict(new_rows)[8] == losses(uninterrupted[0])[8]
+
+
+def test_a_model_dir_whose_checkpoints_are_all_torn_stops_without_writing_unless_asked_to_start_over(
+        uninterrupted, tmp_path):
+    copy_run(uninterrupted[0], tmp_path)
+    for step in (4, 6, 8):
+        (tmp_path / f"checkpoint_{step}" / "state" / "_METADATA").write_bytes(b"")
+    before = snapshot(tmp_path)
+    with pytest.raises(IncompatibleCheckpointError) as error:
+        run(str(tmp_path), 10)
+    message = str(error.value)
+    assert "\n" not in message
+    assert "None of the checkpoints in" in message and "(steps [4, 6, 8]) can be restored" in message
+    assert "--gin.train_config.restart_from_scratch=True" in message and "a new MODEL_DIR" in message
+    assert snapshot(tmp_path) == before  # nothing written: no fresh-init checkpoint beside the old ones
+    result, new_rows = rerun(tmp_path, 2, restart_from_scratch=True)
+    assert_resumed_from(result, new_rows, 0, 2)
+    assert committed_steps(tmp_path) == [2]
+    assert [loss for _, loss in new_rows] == [losses(uninterrupted[0])[s] for s in (1, 2)]
+
+
+@pytest.mark.parametrize("change, differs, setting", [
+    (dict(model=dict(param_dtype="bfloat16")), "92 arrays of another shape or dtype, e.g. opt_state/0/v/decoder/decoder_norm/scale/value is float32[32] there and bfloat16[32] here",
+     "model.param_dtype ('float32' -> 'bfloat16')"),
+    (dict(optim=dict(momentum=0.9)), "the run needs, e.g. opt_state/", "optim.momentum (None -> 0.9)"),
+])
+def test_a_checkpoint_that_does_not_fit_the_run_stops_it_with_one_line_and_writes_nothing(
+        uninterrupted, tmp_path, monkeypatch, change, differs, setting):
+    import tests.train.run_training as script
+
+    copy_run(uninterrupted[0], tmp_path)
+    if "model" in change:
+        monkeypatch.setattr(script, "MODEL", script.MODEL.replace(**change["model"]))
+    else:
+        monkeypatch.setattr(script, "OPTIM", dataclasses.replace(script.OPTIM, **change["optim"]))
+    before = snapshot(tmp_path)
+    with pytest.raises(IncompatibleCheckpointError) as error:
+        run(str(tmp_path), 10)
+    message = str(error.value)
+    assert "\n" not in message and isinstance(error.value, ValueError)  # the CLI prints it as one line
+    assert f"checkpoint_8 does not fit this run: it has" in message and differs in message
+    assert setting in message and "--gin.train_config.restart_from_scratch=True" in message
+    assert snapshot(tmp_path) == before
+
+
+def test_a_data_position_saved_by_another_number_of_processes_stops_the_run(uninterrupted, tmp_path):
+    copy_run(uninterrupted[0], tmp_path)
+    (tmp_path / "data_state" / "checkpoint_8" / "process_1.manifest.json").write_text("{}")
+    with pytest.raises(IncompatibleCheckpointError, match=r"checkpoint_8 holds the data positions of 2 processes "
+                                                          r"and this run has 1"):
+        run(str(tmp_path), 10)
+
+
+def test_a_run_resumed_with_the_other_layer_layout_converts_and_continues_the_losses(
+        uninterrupted, tmp_path, monkeypatch, caplog):
+    import tests.train.run_training as script
+
+    reference = losses(uninterrupted[0])
+    copy_run(uninterrupted[0], tmp_path, drop_steps=(6, 8))
+    monkeypatch.setattr(script, "MODEL", script.MODEL.replace(scan_layers=False))
+    result, unrolled = rerun(tmp_path, 8)  # scanned checkpoint_4 -> unrolled
+    assert "saved with scan_layers=True; converting" in caplog.text
+    assert_resumed_from(result, unrolled, 4, 8)
+    # The converted state is the saved one exactly: the first step's loss is bit for bit the same. Later steps
+    # differ by float rounding only (the layouts order their sums differently): ~2e-5 here.
+    assert unrolled[0] == (5, reference[5])
+    for step, loss in unrolled:
+        assert loss == pytest.approx(reference[step], rel=1e-4)
+    shutil.rmtree(tmp_path / "checkpoint_8")
+    monkeypatch.setattr(script, "MODEL", script.MODEL.replace(scan_layers=True))
+    result, scanned = rerun(tmp_path, 8)  # unrolled checkpoint_6 -> scanned
+    assert "saved with scan_layers=False; converting" in caplog.text
+    assert_resumed_from(result, scanned, 6, 8)
+    assert scanned[0] == unrolled[2]  # step 7 from the converted checkpoint_6 = the unrolled run's step 7
+    for step, loss in scanned:
+        assert loss == pytest.approx(reference[step], rel=1e-4)
 
 
 def test_initial_checkpoint_path_warm_starts_the_params_only(uninterrupted, tmp_path):
@@ -114,20 +252,28 @@ def test_the_run_reports_throughput_and_mfu_against_a_measured_cpu_peak(uninterr
     assert result.mfu_peak == "float32 matmul measured on this CPU"
 
 
-def test_nan_loss_stops_with_a_clear_error_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
-    import tests.train.run_training as script
-    from t5scale.train.optim import OptimConfig
+def test_nan_inside_one_microbatch_stops_the_run_and_the_last_good_checkpoint_restores(tmp_path, monkeypatch):
+    from t5scale.train import trainer
 
-    monkeypatch.setattr(script, "OPTIM", OptimConfig(schedule="constant", learning_rate=1e38))
-    with pytest.raises(NonFiniteLossError, match=r"Loss is (nan|inf) at step \d+.*last checkpoint is intact"):
-        run(str(tmp_path), 20, save_every=1)
-    saved = sorted(int(p.name.split("_")[1]) for p in tmp_path.glob("checkpoint_*"))
-    bad_step = max(losses_or_empty(tmp_path), default=0) + 1
-    assert all(step < bad_step for step in saved)
+    real_global_batch, calls = trainer._global_batch, []
 
+    def poison_step_5(local, sharding):  # float loss weights, one NaN in the second microbatch of step 5
+        calls.append(None)
+        weights = local["decoder_loss_weights"].astype(np.float32)
+        if len(calls) == 5:
+            weights[5, 0] = np.nan
+        return real_global_batch({**local, "decoder_loss_weights": weights}, sharding)
 
-def losses_or_empty(model_dir):
-    return losses(model_dir) if (model_dir / "metrics.jsonl").exists() else {}
+    monkeypatch.setattr(trainer, "_global_batch", poison_step_5)
+    with pytest.raises(NonFiniteLossError, match=r"Loss is nan at step 5; stopped without saving that state. The "
+                                                 r"last checkpoint is intact"):
+        run(str(tmp_path), 8, microbatches=2)
+    assert [s for s, _ in rows(tmp_path)] == [1, 2, 3, 4]  # the NaN step was never logged as a loss
+    assert committed_steps(tmp_path) == [2, 4]  # the state reached through the NaN was not saved
+    monkeypatch.undo()
+    result, new_rows = rerun(tmp_path, 6, microbatches=2)  # the data is fixed: the run resumes
+    assert_resumed_from(result, new_rows, 4, 6)
+    assert all(np.isfinite(loss) for _, loss in new_rows)
 
 
 @pytest.mark.parametrize("budget, ended_by", [
@@ -157,25 +303,43 @@ def test_sharded_meshes_on_8_devices_reproduce_the_single_device_losses(uninterr
         assert sharded[step] == pytest.approx(reference[step], rel=1e-5)
 
 
-def test_two_processes_reproduce_a_single_process_run_on_the_same_global_batches(tmp_path):
-    # Reference: one process with 2 devices reading both hosts' shards, host 0's rows first.
-    reference_dir = tmp_path / "one_process"
-    reference = start(reference_dir, 4, "4", "2", "1", env={"EMULATE_HOSTS": "2",
-                                                             "XLA_FLAGS": "--xla_force_host_platform_device_count=2"})
-    assert reference.wait(timeout=600) == 0, reference.stderr.read()[-3000:]
-    tmp_path = tmp_path / "two_processes"
-    port = 20000 + os.getpid() % 20000
+def start_two_processes(model_dir, steps, save_every, port):
     env = {"T5SCALE_COORDINATOR": f"127.0.0.1:{port}", "T5SCALE_NUM_PROCESSES": "2"}
-    processes = [start(tmp_path, 4, "4", env={**env, "T5SCALE_PROCESS_ID": str(i)}) for i in range(2)]
+    return [start(model_dir, steps, str(save_every), env={**env, "T5SCALE_PROCESS_ID": str(i)}) for i in range(2)]
+
+
+def finish(processes) -> list[dict]:
+    ends = []
     for process in processes:
         out, err = process.communicate(timeout=600)
         assert process.returncode == 0, err[-3000:]
-        assert json.loads(out.strip().splitlines()[-1]) == {"step": 4, "ended_by": "train_steps"}
-    assert (tmp_path / "checkpoint_4").exists()
+        ends.append(json.loads(out.strip().splitlines()[-1]))
+    return ends
+
+
+def test_two_processes_stop_together_when_only_one_gets_sigterm_and_resume_exactly(tmp_path):
+    # Reference: one process with 2 devices reading both hosts' shards, host 0's rows first.
+    reference_dir = tmp_path / "one_process"
+    reference = start(reference_dir, 40, "1000", "2", "1", env={"EMULATE_HOSTS": "2",
+                                                                  "XLA_FLAGS": "--xla_force_host_platform_device_count=2"})
+    port = 20000 + os.getpid() % 20000
+    model_dir = tmp_path / "two_processes"
+    processes = start_two_processes(model_dir, 1000, 1000, port)
+    wait_for(model_dir / "metrics.jsonl", processes[0])
+    processes[1].send_signal(signal.SIGTERM)  # host 1 only
+    ends = finish(processes)
+    step = ends[0]["step"]
+    assert ends[0] == ends[1] == {"step": step, "ended_by": "sigterm", "start_step": 0} and 0 < step < 38
+    assert committed_steps(model_dir) == [step]
     # Each process saved its own data position next to the shared checkpoint.
-    assert {p.name for p in (tmp_path / "data_state" / "checkpoint_4").iterdir()} >= {
-        "process_0.index", "process_1.index"}
-    two, one = losses(tmp_path), losses(reference_dir)
-    assert sorted(two) == [1, 2, 3, 4]
-    for step in two:
-        assert two[step] == pytest.approx(one[step], rel=1e-5)
+    assert {p.name for p in (model_dir / "data_state" / f"checkpoint_{step}").iterdir()} >= {
+        "process_0.index", "process_0.manifest.json", "process_1.index", "process_1.manifest.json"}
+    before = len(rows(model_dir))
+    ends = finish(start_two_processes(model_dir, step + 2, 1000, port + 1))
+    assert ends[0] == ends[1] == {"step": step + 2, "ended_by": "train_steps", "start_step": step}
+    assert [s for s, _ in rows(model_dir)[before:]] == [step + 1, step + 2]
+    assert reference.wait(timeout=600) == 0, reference.stderr.read()[-3000:]
+    two, one = losses(model_dir), losses(reference_dir)
+    assert sorted(two) == list(range(1, step + 3))
+    for s in two:
+        assert two[s] == pytest.approx(one[s], rel=1e-5)
