@@ -48,6 +48,8 @@ setup(
         # Fine-tuning metrics (MCC, F1, Pearson, Spearman).
         "scikit-learn>=1.4,<2",
         "scipy>=1.11,<2",
+        # Scaling studies and compression: figures as PNG files.
+        "matplotlib>=3.7,<4",
         # Training: optimizer, checkpoints, metrics.
         "optax>=0.2.4,<0.3",
         "orbax-checkpoint>=0.11,<0.13",
