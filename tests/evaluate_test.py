@@ -1,5 +1,6 @@
 """t5scale.evaluate: pretrain -> `t5scale finetune` -> `t5scale eval` through the real task definitions (TFDS
-mocked, the embedded vocabulary instead of T5's), and the summary's averages and table."""
+mocked, the embedded vocabulary instead of T5's), of the checkpoint and of a compressed copy, and the summary's
+averages and table."""
 
 import json
 
@@ -8,10 +9,14 @@ import seqio
 import tensorflow_datasets as tfds
 
 from t5scale.cli.main import main as cli_main
+from t5scale.compress.checkpoint import load_any, save_compressed
+from t5scale.compress.compressed import compress_params
+from t5scale.compress.settings import Setting
 from t5scale.data import finetune_tasks as ft
 from t5scale.data import metrics as metrics_lib
 from t5scale.data import vocab
 from t5scale.evaluate import EvalConfig, benchmark_averages, evaluate, format_table
+from t5scale.model.layout import flat_params
 from tests.train.run_training import run
 
 OFFLINE = "_offline"
@@ -80,6 +85,23 @@ def test_beam_search_evaluates_too(finetuned, mixture, tmp_path):
     summary = evaluate(cfg)
     assert set(summary["tasks"]) == {mixture[0]}
     assert len((tmp_path / f"{mixture[0]}-000003.jsonl").read_text().splitlines()) == 6
+
+
+def test_eval_reads_a_compressed_checkpoint_under_its_source_step(finetuned, mixture, tmp_path):
+    model_dir, _ = finetuned
+    model, checkpoint, step = load_any(str(model_dir))
+    folder = tmp_path / "int8"
+    save_compressed(str(folder), model.cfg, *compress_params(flat_params(model), Setting(bits=8)), Setting(bits=8),
+                    str(checkpoint), step)
+    out = tmp_path / "eval"
+    code = cli_main(["eval", "--gin_file=runs/eval.gin", f"--gin.CHECKPOINT_PATH='{folder}'",
+                     f"--gin.MIXTURE_OR_TASK_NAME='{mixture[0]}'", f"--gin.EVAL_OUTPUT_DIR='{out}'",
+                     f"--gin.TASK_FEATURE_LENGTHS={LENGTHS}", "--gin.BATCH_SIZE=6"])
+    assert code == 0
+    summary = json.loads((out / "metrics.json").read_text())
+    assert summary["step"] == 3 and summary["checkpoint"] == str(folder)
+    assert set(summary["tasks"][mixture[0]]) == {"accuracy"}
+    assert len((out / f"{mixture[0]}-000003.jsonl").read_text().splitlines()) == 12
 
 
 def test_benchmark_averages_are_reported_once_every_task_is_there():

@@ -8,7 +8,6 @@ import sys
 
 import jax
 import numpy as np
-import pytest
 
 from t5scale.compress.checkpoint import (
     PARAMS,
@@ -56,28 +55,32 @@ import sys
 import numpy as np
 from t5scale.compress.checkpoint import load_any
 from tests.testing import forward
-model, _, step = load_any(sys.argv[1])
-tokens = np.load(sys.argv[2])
-np.save(sys.argv[3], np.asarray(forward(model, tokens["encoder"], tokens["decoder"])))
-print(step)
+tokens = np.load(sys.argv[1])
+for i, folder in enumerate(sys.argv[2:]):
+    model, _, step = load_any(folder)
+    np.save(f"{folder}/logits.npy", np.asarray(forward(model, tokens["encoder"], tokens["decoder"])))
+    print(step)
 """
 
 
-@pytest.mark.parametrize("cfg, setting", [
-    (tiny_config(scan_layers=True), Setting(bits=4, sparsity=0.5, groups=("attention", "mlp"))),
-    (tiny_config(scan_layers=False, d_kv=4), Setting(bits=2, granularity="group", group_size=4)),  # 4 | 24, 4, 36
-])
-def test_a_fresh_process_gets_the_logits_of_the_in_memory_compressed_model(tmp_path, cfg, setting):
-    flat = flat_params(random_model(cfg))
-    in_memory = model_from_flat(cfg, decompress_params(*compress_params(flat, setting)))
-    folder = _save(tmp_path, cfg, flat, setting)
+def test_a_fresh_process_gets_the_logits_of_the_in_memory_compressed_model(tmp_path):
     rng = np.random.default_rng(0)
     encoder, decoder = random_tokens(rng, (2, 6)), random_tokens(rng, (2, 4))
     np.savez(tmp_path / "tokens.npz", encoder=encoder, decoder=decoder)
-    out = subprocess.run([sys.executable, "-c", FRESH_PROCESS, str(folder), str(tmp_path / "tokens.npz"),
-                          str(tmp_path / "logits.npy")], cwd=REPO, capture_output=True, text=True, check=True)
-    assert out.stdout.split()[-1] == "7"
-    np.testing.assert_array_equal(np.load(tmp_path / "logits.npy"), forward(in_memory, encoder, decoder))
+    cases = [(tiny_config(scan_layers=True), Setting(bits=4, sparsity=0.5, groups=("attention", "mlp"))),
+             # groups of 4 divide every contracted axis: DM 24, KV 4, FF 36
+             (tiny_config(scan_layers=False, d_kv=4), Setting(bits=2, granularity="group", group_size=4))]
+    folders, expected = [], []
+    for i, (cfg, setting) in enumerate(cases):
+        flat = flat_params(random_model(cfg))
+        in_memory = model_from_flat(cfg, decompress_params(*compress_params(flat, setting)))
+        expected.append(np.asarray(forward(in_memory, encoder, decoder)))
+        folders.append(str(_save(tmp_path / str(i), cfg, flat, setting)))
+    out = subprocess.run([sys.executable, "-c", FRESH_PROCESS, str(tmp_path / "tokens.npz"), *folders], cwd=REPO,
+                         capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["7", "7"]
+    for folder, want in zip(folders, expected):
+        np.testing.assert_array_equal(np.load(f"{folder}/logits.npy"), want)
 
 
 def test_load_any_reads_ordinary_and_compressed_checkpoints(tmp_path):
