@@ -64,8 +64,8 @@ fi
 
 mkdir -p "$log_dir"
 pids=()
-trap 'kill -TERM ${pids[@]+"${pids[@]}"} 2>/dev/null; wait; exit 143' TERM
-trap 'kill -TERM ${pids[@]+"${pids[@]}"} 2>/dev/null; wait; exit 130' INT
+trap 'kill -TERM ${pids[@]+"${pids[@]}"} 2>/dev/null || true; wait; exit 143' TERM
+trap 'kill -TERM ${pids[@]+"${pids[@]}"} 2>/dev/null || true; wait; exit 130' INT
 for ((i = 0; i < num_processes; i++)); do
   T5SCALE_COORDINATOR=127.0.0.1:$port T5SCALE_NUM_PROCESSES=$num_processes T5SCALE_PROCESS_ID=$i \
     "$@" >"$log_dir/process_$i.log" 2>&1 &

@@ -136,8 +136,13 @@ create() {  # create slice $1 and wait until it is usable
   if ((queued)); then
     run gcloud compute tpus queued-resources create "$1" --node-id="$1" "${gflags[@]}" \
       --accelerator-type="$accelerator" --runtime-version="$version" ${spot_flag[@]+"${spot_flag[@]}"}
+    local missing=0
     while s=$(state "$1" ACTIVE); [[ $s != ACTIVE ]]; do
-      case "$s" in FAILED | SUSPENDED) echo "tpu_pod.sh: queued resource $1 is $s" >&2; return 1 ;; esac
+      case "$s" in
+        FAILED | SUSPENDED) echo "tpu_pod.sh: queued resource $1 is $s" >&2; return 1 ;;
+        "") missing=$((missing + 1))
+          if ((missing > 10)); then echo "tpu_pod.sh: queued resource $1 not found" >&2; return 1; fi ;;
+      esac
       echo "queued resource $1: ${s:-not found yet}; waiting" >&2
       pause
     done
@@ -211,6 +216,12 @@ launch() {
 }
 
 [[ -n $log_dir ]] || log_dir=logs/tpu_pod/$name
+kind=tpu-vm
+((!queued)) || kind="queued-resources"
+pids=()  # a sweep's launchers
+trap 'kill ${pids[@]+"${pids[@]}"} 2>/dev/null || true; echo "tpu_pod.sh: interrupted; slices keep running (and billing)" \
+  "until deleted: gcloud compute tpus $kind delete $name$( ((runs)) && echo "-<i>") $(quote "${gflags[@]}")" >&2
+  exit 130' INT
 if ((runs == 0)); then
   launch "$name" "$log_dir" "$@"
   exit
@@ -220,7 +231,6 @@ if ((dry_run)); then
   for ((i = 0; i < runs; i++)); do launch "$name-$i" "$log_dir/$name-$i" "$@" --run_index="$i"; done
   exit 0
 fi
-pids=()
 for ((i = 0; i < runs; i++)); do
   mkdir -p "$log_dir/$name-$i"
   launch "$name-$i" "$log_dir/$name-$i" "$@" --run_index="$i" >"$log_dir/$name-$i/launcher.log" 2>&1 &

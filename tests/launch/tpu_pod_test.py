@@ -4,12 +4,14 @@ worker's command here, per-worker logs, arguments that arrive intact, re-creatio
 import os
 import shlex
 import shutil
+import signal
 import stat
 import subprocess
+import time
 
 import pytest
 
-from tests.launch import run_script
+from tests.launch import LAUNCH, run_script
 
 COMMAND = ["t5scale", "train", "--gin_file=models/small.gin", "--gin_file=runs/pretrain.gin",
            "--gin.MODEL_DIR='gs://b/x'"]
@@ -131,7 +133,7 @@ state=$FAKE/state-$5  # $5: the slice
 case "$3 $4" in
   "tpu-vm describe" | "queued-resources describe")
     echo "describe" >>"$FAKE/calls"; [[ -s $state ]] || exit 1; cat "$state" ;;
-  "tpu-vm create") echo create >>"$FAKE/calls"; echo READY >"$state" ;;
+  "tpu-vm create") echo create >>"$FAKE/calls"; sleep "${FAKE_CREATE_S:-0}"; echo READY >"$state" ;;
   "queued-resources create") echo create >>"$FAKE/calls"; echo ACTIVE >"$state" ;;
   "tpu-vm delete" | "queued-resources delete") echo delete >>"$FAKE/calls"; rm -f "$state" ;;
   "tpu-vm ssh")
@@ -197,6 +199,22 @@ def test_a_failing_command_on_a_healthy_slice_is_not_retried_and_keeps_the_slice
     assert result.returncode == 3
     assert "tpu_pod.sh: COMMAND failed (exit 3) on n; kept it" in result.stderr
     assert calls(tmp_path) == ["describe", "create", "install", "run", "describe"]
+
+
+def test_ctrl_c_says_how_to_delete_the_slice(fake):
+    tmp_path, env = fake
+    launcher = subprocess.Popen(["bash", str(LAUNCH / "tpu_pod.sh"), *GOOD, "--project", "p", "--", "true"],
+                                env={**os.environ, **env, "FAKE_CREATE_S": "3"}, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 30
+    while not (tmp_path / "calls").exists() or "create" not in (tmp_path / "calls").read_text():
+        assert time.time() < deadline and launcher.poll() is None
+        time.sleep(0.1)
+    launcher.send_signal(signal.SIGINT)
+    out, err = launcher.communicate(timeout=30)
+    assert launcher.returncode == 130, err
+    assert err.splitlines()[-1] == ("tpu_pod.sh: interrupted; slices keep running (and billing) until deleted: "
+                                    "gcloud compute tpus tpu-vm delete n --zone=z --project=p")
 
 
 def test_a_sweep_gives_each_run_its_own_slice_and_run_index(fake):
