@@ -4,6 +4,7 @@ import re
 from setuptools import find_packages, setup
 
 HERE = pathlib.Path(__file__).parent
+GIN_PACKAGES = ["t5scale.gin", *sorted(f"t5scale.gin.{p.name}" for p in (HERE / "gin").iterdir() if p.is_dir())]
 VERSION = re.search(r'__version__ = "([^"]+)"', (HERE / "t5scale" / "__init__.py").read_text()).group(1)
 
 setup(
@@ -28,11 +29,9 @@ setup(
     python_requires=">=3.10",
     # The gin files are edited in the repository's top-level gin/ and ship as the package `t5scale.gin`, so the
     # CLI finds them by short name (models/small.gin) wherever the package is installed.
-    packages=[*find_packages(include=["t5scale", "t5scale.*"]), "t5scale.gin", "t5scale.gin.models",
-              "t5scale.gin.runs"],
+    packages=[*find_packages(include=["t5scale", "t5scale.*"]), *GIN_PACKAGES],
     package_dir={"t5scale.gin": "gin"},
-    package_data={"t5scale": ["released_shapes.tsv"], "t5scale.gin": ["*.gin"], "t5scale.gin.models": ["*.gin"],
-                  "t5scale.gin.runs": ["*.gin"]},
+    package_data={"t5scale": ["released_shapes.tsv"], **{package: ["*.gin"] for package in GIN_PACKAGES}},
     install_requires=[
         "jax>=0.7,<0.11",
         "flax>=0.12.0,<0.13",

@@ -33,6 +33,10 @@ class UsageError(Exception):
     """Bad command-line input; printed as one line, no traceback."""
 
 
+class CommandFailed(Exception):
+    """The command ran but some of its work failed (e.g. runs of a sweep); one line, exit code 1."""
+
+
 # --- gin parsing -----------------------------------------------------------------------------------------------
 
 def _tolerate_namespace_packages() -> None:
@@ -230,6 +234,9 @@ def run(argv: list[str], description: str = "", order: tuple[str, ...] = ()) -> 
     except (UsageError, ValueError, NotImplementedError, FileNotFoundError, StorageError) as error:
         print(f"t5scale: error: {error}", file=sys.stderr)
         return 2
+    except CommandFailed as error:
+        print(f"t5scale: {error}", file=sys.stderr)
+        return 1
     except RuntimeError as error:
         if type(error).__name__ != "NonFiniteLossError":
             raise

@@ -1,0 +1,173 @@
+"""One table of a sweep, rebuilt from its run directories alone (a dead sweep process loses nothing).
+
+Per run (an ordinary MODEL_DIR) it reads: `config.json` (shape, lengths, batch), `train_end.json` (steps, what
+ended it, training and compile seconds), `metrics.jsonl` (training loss per step), `eval.jsonl` (validation
+loss), `throughput.jsonl` (step time and tokens/s per logged window, compile excluded), `run_info.json` (devices,
+versions) and any eval `metrics.json` below it (downstream scores). A step logged twice (a resume reruns the
+steps after its checkpoint) counts once, with its last entry.
+
+Quality: validation cross-entropy per target token in nats; negative log-perplexity = -loss (higher is better).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import statistics
+
+from etils import epath
+
+from t5scale.config import ModelConfig
+from t5scale.model.flops import count_params, training_flops
+
+COLUMNS = ("name", "shape", "EL", "DL", "DM", "KV", "NH", "FF", "params", "params_non_embedding",
+           "train_flops_per_example", "flops_spent", "steps", "train_tokens", "ended_by", "step_time_s", "target_tokens_per_s",
+           "train_seconds", "compile_seconds", "final_loss", "best_loss", "neg_log_perplexity", "device")
+
+
+def read_jsonl(path: epath.Path) -> list[dict]:
+    """Rows of a JSON-lines file, the last one of each step (a resume rewrites the steps after its checkpoint);
+    a torn last line (a killed writer) is skipped."""
+    if not path.exists():
+        return []
+    by_step = {}
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        by_step[row.get("step")] = row
+    return [by_step[s] for s in sorted(by_step, key=lambda s: (s is None, s))]
+
+
+def _json(path: epath.Path) -> dict:
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def run_row(run_dir: epath.Path) -> dict:
+    config = _json(run_dir / "config.json")
+    cfg = ModelConfig.from_dict(config["model"])
+    lengths = config["data"]["task_feature_lengths"]
+    params = count_params(cfg)
+    per_example = training_flops(cfg, lengths["inputs"], lengths["targets"]).total
+    end, info = _json(run_dir / "train_end.json"), _json(run_dir / "run_info.json")
+    train_rows = read_jsonl(run_dir / "metrics.jsonl")
+    steps = end.get("step", train_rows[-1]["step"] if train_rows else 0)
+    evals = [r for r in read_jsonl(run_dir / "eval.jsonl") if math.isfinite(r["loss"])]
+    # Logged windows of training steps; the one that compiled the step (after every start) is left out.
+    windows = [w for w in read_jsonl(run_dir / "throughput.jsonl") if w["steps"] > 0 and not w.get("compile")]
+    row = {
+        "name": run_dir.name, "shape": cfg.name, **cfg.operators(),
+        "params": params.total, "params_non_embedding": params.total - params.embedding - params.logits,
+        "train_flops_per_example": per_example,
+        "flops_spent": per_example * config["data"]["batch_size"] * steps, "steps": steps,
+        "train_tokens": sum(r.get("tokens", 0) for r in train_rows),  # D: target tokens trained on
+        "ended_by": end.get("ended_by", "running or killed"),
+        "step_time_s": statistics.median(w["seconds"] / w["steps"] for w in windows) if windows else None,
+        "target_tokens_per_s": (sum(w["target_tokens"] for w in windows) / sum(w["seconds"] for w in windows)
+                                if windows else None),
+        "train_seconds": end.get("train_seconds"),
+        "compile_seconds": end.get("compile_seconds"),
+        "final_loss": evals[-1]["loss"] if evals else None,
+        "best_loss": min(r["loss"] for r in evals) if evals else None,
+        "device": f"{info['device_count']} x {info['device_kind']}" if info else None,
+    }
+    row["neg_log_perplexity"] = -row["final_loss"] if row["final_loss"] is not None else None
+    row.update(downstream_scores(run_dir))
+    return row
+
+
+def downstream_scores(run_dir: epath.Path) -> dict[str, float]:
+    """`task/metric` (and benchmark averages) of every eval metrics.json below the run, the best per column
+    when several checkpoints were evaluated."""
+    scores: dict[str, float] = {}
+    # At most two levels down (MODEL_DIR/finetune/eval/metrics.json); epath does not glob recursively on gs://.
+    for path in sorted(p for pattern in ("metrics.json", "*/metrics.json", "*/*/metrics.json")
+                       for p in run_dir.glob(pattern)):
+        summary = json.loads(path.read_text())
+        values = {f"{task}/{name}": value for task, metrics in summary.get("tasks", {}).items()
+                  for name, value in metrics.items()}
+        values.update(summary.get("averages", {}))
+        for key, value in values.items():
+            scores[key] = max(scores.get(key, -math.inf), value)
+    return scores
+
+
+def sweep_rows(sweep_dir: str) -> list[dict]:
+    """A row per run directory (one with a config.json) under `sweep_dir`, sorted by name."""
+    root = epath.Path(sweep_dir)
+    if not root.is_dir():
+        raise FileNotFoundError(f"Sweep directory {root} does not exist.")
+    rows = [run_row(path.parent) for path in sorted(root.glob("*/config.json"))]
+    if not rows:
+        raise FileNotFoundError(f"No runs in {root}: no */config.json (run `t5scale sweep` first).")
+    return rows
+
+
+def all_columns(rows: list[dict]) -> list[str]:
+    extra = sorted({key for row in rows for key in row} - set(COLUMNS))
+    return [*COLUMNS, *extra]
+
+
+def to_csv(rows: list[dict]) -> str:
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=all_columns(rows), extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return out.getvalue()
+
+
+def _cell(value) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, int) and abs(value) >= 10**6:
+        return f"{value:.3g}"
+    return str(value)
+
+
+def format_table(rows: list[dict], columns: list[str] | None = None) -> str:
+    columns = columns or ["name", "params", "train_flops_per_example", "steps", "step_time_s", "train_seconds",
+                          "final_loss", "neg_log_perplexity", "ended_by", *[c for c in ("pareto",) if c in rows[0]]]
+    cells = [columns] + [[_cell(row.get(c)) for c in columns] for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(columns))]
+    lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
+             for r in cells]
+    return "\n".join([lines[0], "-" * len(lines[0]), *lines[1:]])
+
+
+def write_results(rows: list[dict], sweep_dir: str) -> tuple[epath.Path, epath.Path]:
+    root = epath.Path(sweep_dir)
+    (root / "results.csv").write_text(to_csv(rows))
+    (root / "results.json").write_text(json.dumps(rows, indent=1) + "\n")
+    return root / "results.csv", root / "results.json"
+
+
+def curves(sweep_dir: str) -> dict[str, dict[str, list[float]]]:
+    """Validation loss per run against steps, training seconds (compile excluded) and training FLOPs."""
+    out = {}
+    for path in sorted(epath.Path(sweep_dir).glob("*/config.json")):
+        rows = [r for r in read_jsonl(path.parent / "eval.jsonl") if math.isfinite(r["loss"])]
+        if not rows:
+            continue
+        config = json.loads(path.read_text())
+        lengths = config["data"]["task_feature_lengths"]
+        per_step = config["data"]["batch_size"] * training_flops(
+            ModelConfig.from_dict(config["model"]), lengths["inputs"], lengths["targets"]).total
+        out[path.parent.name] = {"step": [r["step"] for r in rows], "loss": [r["loss"] for r in rows],
+                                 "train_seconds": [r.get("train_seconds") for r in rows],
+                                 "flops": [r["step"] * per_step for r in rows]}
+    return out
+
+
+def time_to_loss(run_curves: dict[str, dict[str, list[float]]], target: float) -> list[dict]:
+    """Per run: the first validation point at or below `target` loss (steps, seconds, FLOPs), or None."""
+    rows = []
+    for name, curve in sorted(run_curves.items()):
+        hit = next((i for i, loss in enumerate(curve["loss"]) if loss <= target), None)
+        rows.append({"name": name, "target_loss": target,
+                     **{k: (curve[k][hit] if hit is not None else None) for k in ("step", "train_seconds", "flops")}})
+    return rows
