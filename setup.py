@@ -55,8 +55,8 @@ setup(
         "clu>=0.0.12,<0.1",
         "tensorboard>=2.16,<3",
         "tqdm>=4.60,<5",
-        "qwix>=0.1.8,<0.2",  # compression: array-level quantize/dequantize (t5scale.compress.quantize)
-        "matplotlib>=3.7,<4",  # the accuracy-vs-bytes figure (t5scale.compress.plot)
+        # Compression: array-level quantize/dequantize (t5scale.compress.quantize).
+        "qwix>=0.1.8,<0.2",
     ],
     extras_require={
         # `build` makes the sdist and wheel in the packaging test (tests/packaging_test.py).
