@@ -203,7 +203,8 @@ def test_a_failing_command_on_a_healthy_slice_is_not_retried_and_keeps_the_slice
 
 def test_ctrl_c_says_how_to_delete_the_slice(fake):
     tmp_path, env = fake
-    launcher = subprocess.Popen(["bash", str(LAUNCH / "tpu_pod.sh"), *GOOD, "--project", "p", "--", "true"],
+    launcher = subprocess.Popen(["bash", str(LAUNCH / "tpu_pod.sh"), *GOOD, "--project", "p", "--log-dir",
+                                 str(tmp_path / "logs"), "--", "true"],
                                 env={**os.environ, **env, "FAKE_CREATE_S": "3"}, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 30
