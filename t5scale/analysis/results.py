@@ -56,8 +56,8 @@ def run_row(run_dir: epath.Path) -> dict:
     train_rows = read_jsonl(run_dir / "metrics.jsonl")
     steps = end.get("step", train_rows[-1]["step"] if train_rows else 0)
     evals = [r for r in read_jsonl(run_dir / "eval.jsonl") if math.isfinite(r["loss"])]
-    # Logged windows of training steps; the one that compiled the step (after every start) is left out.
-    windows = [w for w in read_jsonl(run_dir / "throughput.jsonl") if w["steps"] > 0 and not w.get("compile")]
+    windows = read_jsonl(run_dir / "throughput.jsonl")
+    timing = window_timing(windows)
     row = {
         "name": run_dir.name, "shape": cfg.name, **cfg.operators(),
         "params": params.total, "params_non_embedding": params.total - params.embedding - params.logits,
@@ -65,11 +65,9 @@ def run_row(run_dir: epath.Path) -> dict:
         "flops_spent": per_example * config["data"]["batch_size"] * steps, "steps": steps,
         "train_tokens": sum(r.get("tokens", 0) for r in train_rows),  # D: target tokens trained on
         "ended_by": end.get("ended_by", "running or killed"),
-        "step_time_s": statistics.median(w["seconds"] / w["steps"] for w in windows) if windows else None,
-        "target_tokens_per_s": (sum(w["target_tokens"] for w in windows) / sum(w["seconds"] for w in windows)
-                                if windows else None),
-        "train_seconds": end.get("train_seconds"),
-        "compile_seconds": end.get("compile_seconds"),
+        "step_time_s": timing["step_time_s"], "target_tokens_per_s": timing["target_tokens_per_s"],
+        "train_seconds": end.get("train_seconds", timing["train_seconds"]),
+        "compile_seconds": end.get("compile_seconds", timing["compile_seconds"]),
         "final_loss": evals[-1]["loss"] if evals else None,
         "best_loss": min(r["loss"] for r in evals) if evals else None,
         "device": f"{info['device_count']} x {info['device_kind']}" if info else None,
@@ -77,6 +75,26 @@ def run_row(run_dir: epath.Path) -> dict:
     row["neg_log_perplexity"] = -row["final_loss"] if row["final_loss"] is not None else None
     row.update(downstream_scores(run_dir))
     return row
+
+
+def window_timing(windows: list[dict]) -> dict:
+    """Step time (median over windows), tokens/s and training seconds from `throughput.jsonl`'s windows, compile
+    excluded: a window that compiled the step counts its steps at the median step time, and the rest of it is
+    compile time."""
+    steady = [w for w in windows if w["steps"] > 0 and not w.get("compile")]
+    if not steady:
+        return {"step_time_s": None, "target_tokens_per_s": None, "train_seconds": None, "compile_seconds": None,
+                "cumulative": {}}
+    step_time = statistics.median(w["seconds"] / w["steps"] for w in steady)
+    cumulative, total, compile_seconds = {}, 0.0, 0.0
+    for w in windows:
+        seconds = w["steps"] * step_time if w.get("compile") else w["seconds"]
+        compile_seconds += max(w["seconds"] - seconds, 0.0)
+        total += seconds
+        cumulative[w["step"]] = total
+    return {"step_time_s": step_time,
+            "target_tokens_per_s": sum(w["target_tokens"] for w in steady) / sum(w["seconds"] for w in steady),
+            "train_seconds": total, "compile_seconds": compile_seconds, "cumulative": cumulative}
 
 
 def downstream_scores(run_dir: epath.Path) -> dict[str, float]:
@@ -157,8 +175,9 @@ def curves(sweep_dir: str) -> dict[str, dict[str, list[float]]]:
         lengths = config["data"]["task_feature_lengths"]
         per_step = config["data"]["batch_size"] * training_flops(
             ModelConfig.from_dict(config["model"]), lengths["inputs"], lengths["targets"]).total
+        seconds = window_timing(read_jsonl(path.parent / "throughput.jsonl"))["cumulative"]
         out[path.parent.name] = {"step": [r["step"] for r in rows], "loss": [r["loss"] for r in rows],
-                                 "train_seconds": [r.get("train_seconds") for r in rows],
+                                 "train_seconds": [r.get("train_seconds", seconds.get(r["step"])) for r in rows],
                                  "flops": [r["step"] * per_step for r in rows]}
     return out
 

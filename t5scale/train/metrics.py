@@ -1,12 +1,21 @@
-"""Training metrics: TensorBoard event files and metrics.jsonl in MODEL_DIR, a progress bar on the console.
+"""Training metrics: TensorBoard event files and plain files in MODEL_DIR, a progress bar on the console.
 
+Plain files, so a study can rebuild its table from run directories alone (`t5scale.analysis.results`):
+- `metrics.jsonl`: every step's training metrics;
+- `throughput.jsonl`: per logged window, its steps, seconds and target tokens (evaluation and checkpoint time
+  excluded; the first window after a start also compiled the step, and says so: `"compile": true`);
+- `eval.jsonl`: validation loss and accuracy;
+- `run_info.json`: devices, process count, library versions and the git commit, for provenance.
+A resumed run appends again from its checkpoint's step; readers keep the last entry of each step.
 Step metrics stay on the device until `flush`, so logging does not add a host sync to every step.
 """
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import math
+import subprocess
 import time
 
 import jax
@@ -61,7 +70,9 @@ class MetricsLogger:
         self._main = jax.process_index() == 0
         self._writer = metric_writers.create_default_writer(model_dir, just_logging=not self._main,
                                                             asynchronous=False)
-        self._jsonl = epath.Path(model_dir) / "metrics.jsonl"
+        self._dir = epath.Path(model_dir)
+        self._jsonl = self._dir / "metrics.jsonl"
+        self._compiling = True  # the first window after a start includes compiling the step
         self._flops_per_step, self._lr_fn, self._peak = flops_per_step, learning_rate_fn, peak_flops
         self._pending: list[tuple[int, dict]] = []  # on the device
         self._fetched: list[tuple[int, dict]] = []  # on the host, checked finite, not yet written
@@ -108,6 +119,10 @@ class MetricsLogger:
             with self._jsonl.open("a") as f:
                 for s, m in fetched:
                     f.write(json.dumps({"step": s, **m}) + "\n")
+            window = {"step": step, "steps": steps, "seconds": seconds, "target_tokens": tokens,
+                      **({"compile": True} if self._compiling else {})}
+            self._append("throughput.jsonl", window)
+        self._compiling = False
         self._bar.update(step - self._bar.n)
         self._bar.set_postfix(loss=f"{mean['loss']:.3f}", acc=f"{mean['accuracy']:.3f}",
                               tok_s=f"{tokens / seconds:,.0f}",
@@ -120,8 +135,40 @@ class MetricsLogger:
 
     def write_eval(self, step: int, values: dict) -> None:
         self._writer.write_scalars(step, {f"eval/{k}": v for k, v in values.items()})
+        if self._main:
+            self._append("eval.jsonl", {"step": step, **values})
         self._bar.write(f"step {step}: validation loss {values['loss']:.4f}, accuracy {values['accuracy']:.4f}")
+
+    def _append(self, name: str, row: dict) -> None:
+        with (self._dir / name).open("a") as f:
+            f.write(json.dumps(row) + "\n")
 
     def close(self) -> None:
         self._bar.close()
         self._writer.close()
+
+
+def write_run_info(model_dir: str) -> None:
+    """`run_info.json`: where and with what the run trained (process 0; rewritten by every start)."""
+    if jax.process_index() != 0:
+        return
+    versions = {}
+    for package in ("t5scale", "jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "seqio", "tensorflow"):
+        try:
+            versions[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            versions[package] = None
+    info = {"device_kind": jax.devices()[0].device_kind, "device_count": jax.device_count(),
+            "process_count": jax.process_count(), "platform": jax.devices()[0].platform, "versions": versions,
+            "git_commit": _git_commit()}
+    (epath.Path(model_dir) / "run_info.json").write_text(json.dumps(info, indent=1) + "\n")
+
+
+def _git_commit() -> str | None:
+    """The commit of the t5scale checkout in use, when it runs from one (an installed wheel has none)."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=epath.Path(__file__).parent, capture_output=True,
+                             text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
