@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat setup.py | cksum | cut -d' ' -f1)
 
-.PHONY: demo test test-all bench venv fixtures clean
+.PHONY: demo test test-all bench study venv fixtures clean
 
 $(STAMP): setup.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -31,6 +31,14 @@ bench: $(STAMP)
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install --quiet torch==2.13.0
 	$(BIN)/pip install --quiet -e ".[hf]"
 	$(BIN)/python benchmarks/run_all.py
+
+# The CPU-scale scaling study (docs/scaling.md): a sweep on the embedded corpus, its table, frontiers, curves and
+# fit, in runs/study. Rerunning skips finished runs.
+study: $(STAMP)
+	$(BIN)/t5scale sweep --gin_file=sweeps/study.gin
+	$(BIN)/t5scale pareto runs/study --cost params_non_embedding,flops,step_time
+	$(BIN)/t5scale curves runs/study --target_loss 6.0
+	$(BIN)/t5scale fit runs/study --x params_non_embedding
 
 # Regenerate the Hugging Face parity fixtures (needs the [hf] extra: torch + transformers).
 fixtures: $(STAMP)
