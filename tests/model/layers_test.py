@@ -140,3 +140,34 @@ def test_dropout_needs_a_key_and_is_reproducible():
     again = mlp(x, nnx.Rngs(dropout=jax.random.key(3)))
     np.testing.assert_array_equal(first, again)
     assert not np.allclose(first, deterministic)
+
+
+def attention_weight_scales(rate, rngs, batch=4, length=50):
+    """The dropout scale the attention layer applied to every weight, read off its output: queries of zero give
+    uniform weights 1/m over m = h keys, values are the identity over keys, and the output projection writes head
+    n, slot h to feature n*h_dim + h. Returns [b, n, l, m] (1 without dropout)."""
+    cfg = tiny_config(dropout_rate=rate)
+    layer = Attention(cfg, rngs=nnx.Rngs(0))
+    n, h = cfg.num_heads, cfg.d_kv
+    out = np.zeros((n, h, cfg.d_model), np.float32)
+    for head in range(n):
+        out[head, :, head * h:(head + 1) * h] = np.eye(h)
+    layer.out.kernel[...] = out
+    q = jnp.zeros((batch, n, length, h))
+    k = jnp.zeros((batch, n, h, h))
+    v = jnp.broadcast_to(jnp.eye(h), (batch, n, h, h))
+    y = np.asarray(layer.attend(q, k, v, jnp.zeros(()), rngs))  # [b, l, d]
+    return y[..., : n * h].reshape(batch, length, n, h).transpose(0, 2, 1, 3) * h
+
+
+def test_attention_weight_dropout_is_on_with_a_key_off_without_and_scales_kept_weights_by_one_over_keep():
+    np.testing.assert_allclose(attention_weight_scales(0.3, None), 1.0, rtol=1e-6)  # no key: no dropout
+    np.testing.assert_allclose(attention_weight_scales(0.0, nnx.Rngs(dropout=1)), 1.0, rtol=1e-6)  # rate 0
+    scales = attention_weight_scales(0.3, nnx.Rngs(dropout=1))
+    dropped = np.isclose(scales, 0.0, atol=1e-6)
+    np.testing.assert_allclose(scales[~dropped], 1 / 0.7, rtol=1e-5)  # kept weights scaled by 1/keep
+    assert dropped.mean() == pytest.approx(0.3, abs=0.03)  # 4,000 weights
+    again = attention_weight_scales(0.3, nnx.Rngs(dropout=1))
+    other = attention_weight_scales(0.3, nnx.Rngs(dropout=2))
+    np.testing.assert_array_equal(scales, again)  # the key decides the mask
+    assert not np.array_equal(scales, other)

@@ -1,8 +1,15 @@
-"""t5scale.train.checkpoints: finding the checkpoint a path means (the run tests cover saving and restoring)."""
+"""t5scale.train.checkpoints: finding the checkpoint a path means, what is kept, and how a restore reads a saved
+layout (trainer_test covers torn checkpoints, fallbacks and resumes end to end)."""
 
+import pathlib
+
+import jax
+import numpy as np
 import pytest
 
-from t5scale.train.checkpoints import STATE, resolve_checkpoint
+from t5scale.model.layout import convert_layer_layout
+from t5scale.train.checkpoints import STATE, Checkpointer, IncompatibleCheckpointError, Layout, resolve_checkpoint
+from t5scale.train.trainer import TrainConfig
 
 
 def make_checkpoints(model_dir, *steps):
@@ -27,3 +34,79 @@ def test_a_relative_path_becomes_absolute(tmp_path, monkeypatch):
 def test_a_path_without_checkpoints_is_one_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"INITIAL_CHECKPOINT_PATH .*empty is neither a t5scale checkpoint"):
         resolve_checkpoint(str(tmp_path / "empty"), "INITIAL_CHECKPOINT_PATH")
+
+
+# A train-state-like tree, small enough to save in milliseconds: a stacked [layers=3, 4, 5] kernel, its optimizer
+# moment and an Adafactor-style (1,) placeholder, and a step.
+def stacked_state(scale=1.0):
+    kernel = scale * np.arange(60, dtype=np.float32).reshape(3, 4, 5)
+    return {"step": np.int32(7), "params": {"layers": {"kernel": kernel}, "norm": np.ones(4, np.float32)},
+            "opt": {"v": {"layers": {"kernel": kernel**2}}, "v_row": {"layers": {"kernel": np.zeros(1, np.float32)}}}}
+
+
+def unrolled_state(state):
+    per_layer = lambda x: {str(i): {"kernel": x[i]} for i in range(3)}  # noqa: E731
+    return {"step": state["step"], "params": {"layers": per_layer(state["params"]["layers"]["kernel"]),
+                                              "norm": state["params"]["norm"]},
+            "opt": {"v": {"layers": per_layer(state["opt"]["v"]["layers"]["kernel"])},
+                    "v_row": {"layers": {str(i): {"kernel": np.zeros(1, np.float32)} for i in range(3)}}}}
+
+
+def abstract(tree):
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype), tree)
+
+
+def write_data_state(path):
+    pathlib.Path(path).parent.mkdir(parents=True, exist_ok=True)
+    pathlib.Path(path + ".index").write_text("position")
+
+
+def save_steps(model_dir, steps, state, **options):
+    checkpointer = Checkpointer(str(model_dir), async_save=False, **options)
+    for step in steps:
+        checkpointer.save(step, state, {"step": step}, write_data_state)
+    checkpointer.close()
+
+
+def test_keep_every_keeps_those_steps_for_good_beside_the_newest(tmp_path):
+    save_steps(tmp_path, range(1, 11), stacked_state(), keep=2, keep_every=4)
+    assert Checkpointer(str(tmp_path)).steps() == [4, 8, 9, 10]
+    # The data positions of deleted checkpoints go with them.
+    assert sorted(p.name for p in (tmp_path / "data_state").iterdir()) == [
+        "checkpoint_10", "checkpoint_4", "checkpoint_8", "checkpoint_9"]
+
+
+def test_without_keep_every_only_the_newest_stay(tmp_path):
+    save_steps(tmp_path, range(1, 6), stacked_state(), keep=2)
+    assert Checkpointer(str(tmp_path)).steps() == [4, 5]
+
+
+def test_keep_every_must_be_positive():
+    with pytest.raises(ValueError, match="keep_every must be positive or None, got 0"):
+        TrainConfig(model_dir="/tmp/x", train_steps=1, keep_every=0)
+
+
+def test_a_checkpoint_of_the_other_layer_layout_restores_through_its_converter(tmp_path):
+    save_steps(tmp_path, [3], stacked_state())
+    run_state = abstract(unrolled_state(stacked_state()))
+    layout = Layout("scan_layers=True", lambda: abstract(stacked_state()),
+                    lambda restored: convert_layer_layout(restored, run_state))
+    step, state, record = Checkpointer(str(tmp_path)).restore_latest(run_state, lambda path: None, layouts=(layout,))
+    assert (step, record) == (3, {"step": 3})
+    expected = unrolled_state(stacked_state())
+    jax.tree.map(np.testing.assert_array_equal, state, expected)
+    # And back: per-layer arrays stack again, placeholders stay (1,).
+    back = convert_layer_layout(state, abstract(stacked_state()))
+    jax.tree.map(np.testing.assert_array_equal, back, stacked_state())
+
+
+def test_a_checkpoint_of_another_shape_is_incompatible_not_torn(tmp_path):
+    save_steps(tmp_path, [3], stacked_state())
+    other = stacked_state()
+    other["params"]["norm"] = np.ones(6, np.float32)
+    with pytest.raises(IncompatibleCheckpointError,
+                       match=r"checkpoint_3 does not fit this run: it has 1 arrays of another shape or dtype, e\.g\. "
+                             r"params/norm is float32\[4\] there and float32\[6\] here\. Settings changed since it "
+                             r"was written: model\.d \(4 -> 6\)\. To proceed: .*restart_from_scratch=True"):
+        Checkpointer(str(tmp_path)).restore_latest(abstract(other), lambda path: None,
+                                                   settings_changed="model.d (4 -> 6)")

@@ -1,4 +1,5 @@
-"""Run a tiny pretraining job: `python -m tests.train.run_training MODEL_DIR STEPS [SAVE_EVERY] [MESH_DATA MESH_MODEL]`.
+"""Run a tiny pretraining job:
+`python -m tests.train.run_training MODEL_DIR STEPS [SAVE_EVERY] [MESH_DATA MESH_MODEL [RULES]]`.
 
 Used by the trainer tests as a separate process, so it can be killed, sent SIGTERM, or given 8 fake devices.
 """
@@ -22,8 +23,8 @@ OPTIM = OptimConfig(schedule="constant", learning_rate=0.01)
 
 def run(model_dir: str, steps: int, save_every: int = 2, mesh: MeshConfig | None = None, **train_changes):
     mesh = mesh or MeshConfig()
-    cfg = TrainConfig(model_dir=model_dir, train_steps=steps, save_every=save_every, log_every=1,
-                      progress_bar=False, **train_changes)
+    cfg = TrainConfig(**{**dict(model_dir=model_dir, train_steps=steps, save_every=save_every, log_every=1,
+                                progress_bar=False), **train_changes})
     return train(model_cfg=MODEL, data_cfg=DATA, optim_cfg=OPTIM, mesh_cfg=mesh, train_cfg=cfg)
 
 
@@ -57,6 +58,7 @@ if __name__ == "__main__":
     if os.environ.get("EMULATE_HOSTS"):
         emulate_hosts(int(os.environ["EMULATE_HOSTS"]))
     args = sys.argv[1:]
-    mesh = MeshConfig(data=int(args[3]), model=int(args[4])) if len(args) > 3 else MeshConfig()
+    mesh = MeshConfig(data=int(args[3]), model=int(args[4]), rules=args[5] if len(args) > 5 else "t5x") \
+        if len(args) > 3 else MeshConfig()
     result = run(args[0], int(args[1]), int(args[2]) if len(args) > 2 else 2, mesh=mesh)
     print(json.dumps({"step": result.step, "ended_by": result.ended_by, "start_step": result.start_step}))

@@ -12,6 +12,7 @@ import sys
 import time
 
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 
 from t5scale.train.checkpoints import IncompatibleCheckpointError
@@ -267,7 +268,7 @@ def test_nan_inside_one_microbatch_stops_the_run_and_the_last_good_checkpoint_re
     monkeypatch.setattr(trainer, "_global_batch", poison_step_5)
     with pytest.raises(NonFiniteLossError, match=r"Loss is nan at step 5; stopped without saving that state. The "
                                                  r"last checkpoint is intact"):
-        run(str(tmp_path), 8, microbatches=2)
+        run(str(tmp_path), 8, microbatches=2, log_every=4)  # no flush at step 6: found by the check before saving it
     assert [s for s, _ in rows(tmp_path)] == [1, 2, 3, 4]  # the NaN step was never logged as a loss
     assert committed_steps(tmp_path) == [2, 4]  # the state reached through the NaN was not saved
     monkeypatch.undo()
@@ -291,16 +292,21 @@ def test_bad_train_config_is_rejected():
         TrainConfig(model_dir="/tmp/x", train_steps=0)
 
 
-@pytest.mark.parametrize("data, model", [  # (2, 4) splits both batch and weights; the others: make test-all
-    pytest.param(8, 1, marks=pytest.mark.slow), pytest.param(4, 2, marks=pytest.mark.slow), (2, 4)])
-def test_sharded_meshes_on_8_devices_reproduce_the_single_device_losses(uninterrupted, tmp_path, data, model):
-    process = start(tmp_path, 3, "100", str(data), str(model),
+@pytest.mark.parametrize("data, model, rules", [  # (2, 4) splits both batch and weights; the others: make test-all
+    pytest.param(8, 1, "t5x", marks=pytest.mark.slow), pytest.param(4, 2, "t5x", marks=pytest.mark.slow),
+    (2, 4, "t5x"), (2, 4, "fsdp")])  # fsdp also splits params and optimizer state over data
+def test_sharded_meshes_on_8_devices_reproduce_the_single_device_losses(uninterrupted, tmp_path, data, model, rules):
+    process = start(tmp_path, 3, "100", str(data), str(model), rules,
                     env={"XLA_FLAGS": "--xla_force_host_platform_device_count=8"})
     out, err = process.communicate(timeout=600)
     assert process.returncode == 0, err[-3000:]
     reference, sharded = losses(uninterrupted[0]), losses(tmp_path)
     for step in (1, 2, 3):
         assert sharded[step] == pytest.approx(reference[step], rel=1e-5)
+    # The placement the run trained with, as orbax recorded it: [vocab 2176, embed 32].
+    saved = ocp.StandardCheckpointer().metadata(tmp_path / "checkpoint_3" / "state").item_metadata.tree
+    placement = saved["params"]["token_embedder"]["embedding"]["value"].sharding.partition_spec
+    assert tuple(placement) == {"t5x": ("model", None), "fsdp": ("model", "data")}[rules]
 
 
 def start_two_processes(model_dir, steps, save_every, port):
