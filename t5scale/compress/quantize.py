@@ -15,6 +15,9 @@ are never reduced: a scanned stack [L, ...] passes (0,) to get a scale per layer
 
 from __future__ import annotations
 
+import functools
+
+import jax
 import jax.numpy as jnp
 import numpy as np
 import qwix
@@ -51,8 +54,15 @@ def quantize(w: np.ndarray, bits: int, contracting_axes: tuple[int, ...], *, gra
         tiled = {axis: group_size}
     else:
         raise ValueError(f"Unknown granularity {granularity!r}; choose among {', '.join(GRANULARITIES)}.")
-    q = qwix.quantize(jnp.asarray(w, jnp.float32), _QTYPES[bits], channelwise_axes=channelwise, tiled_axes=tiled)
-    return np.asarray(q.qvalue).astype(np.int8), np.asarray(q.scale, np.float32)
+    codes, scale = _qwix_quantize(jnp.asarray(w, jnp.float32), bits, channelwise, tuple((tiled or {}).items()))
+    return np.asarray(codes).astype(np.int8), np.asarray(scale, np.float32)
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2, 3))
+def _qwix_quantize(w: jax.Array, bits: int, channelwise: tuple[int, ...], tiled: tuple[tuple[int, int], ...]):
+    # One compiled program per shape and setting: run eagerly, qwix's dozen small ops each compile on their own.
+    q = qwix.quantize(w, _QTYPES[bits], channelwise_axes=channelwise, tiled_axes=dict(tiled) or None)
+    return q.qvalue, q.scale
 
 
 def dequantize(codes: np.ndarray, scale: np.ndarray) -> np.ndarray:
