@@ -74,10 +74,10 @@ def test_two_cpu_processes_train_like_one_process_reading_the_same_global_batche
     port = str(20000 + (os.getpid() + 7) % 20000)
     launched = run_script("local_multiprocess.sh", "-n", "2", "--port", port, "--log-dir", str(tmp_path / "logs"),
                           "--", sys.executable, "-m", "tests.train.run_training", str(launched_dir), *steps,
-                          timeout=300)
+                          timeout=600)
     logs = [(tmp_path / "logs" / f"process_{i}.log").read_text() for i in range(2)]
     assert launched.returncode == 0, launched.stderr + logs[0][-3000:] + logs[1][-3000:]
-    assert reference.wait(timeout=300) == 0, reference.stderr.read()[-3000:]
+    assert reference.wait(timeout=600) == 0, reference.stderr.read()[-3000:]
     for log in logs:
         assert json.loads(log.strip().splitlines()[-1]).items() >= {"step": 3, "ended_by": "train_steps"}.items()
     assert {p.name for p in (launched_dir / "data_state" / "checkpoint_3").iterdir()} >= {
