@@ -9,3 +9,6 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 # The embedded vocabulary is trained once per session into a private cache, never the user's.
 os.environ.setdefault("T5SCALE_CACHE", tempfile.mkdtemp(prefix="t5scale-test-cache-"))
+
+# The GCS emulator fixtures (`gcs`, `gcs_server`).
+pytest_plugins = ("tests.gcs",)
