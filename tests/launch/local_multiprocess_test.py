@@ -63,21 +63,23 @@ def test_one_failing_process_fails_the_launch_and_stops_the_others(tmp_path):
 
 def test_two_cpu_processes_train_like_one_process_reading_the_same_global_batches(tmp_path):
     # As tests/train/trainer_test.py defines it: one process with 2 devices reading both hosts' shards (host 0's
-    # rows first) is the reference. Both runs go at once: on 2 cores that is quicker than one after the other.
+    # rows first) is the reference. It runs while the launch does.
     embedded_vocabulary()  # into this session's cache now, not by all three processes at once
     steps = ("3", "3")  # STEPS SAVE_EVERY of tests/train/run_training.py
     reference_dir, launched_dir = tmp_path / "one_process", tmp_path / "two_processes"
-    reference = subprocess.Popen(
-        [sys.executable, "-m", "tests.train.run_training", str(reference_dir), *steps, "2", "1"], cwd=REPO,
-        env={**os.environ, "EMULATE_HOSTS": "2", "XLA_FLAGS": "--xla_force_host_platform_device_count=2"},
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    reference_log = tmp_path / "one_process.log"  # a file, not a pipe nobody reads while the launch runs
+    with reference_log.open("w") as out:
+        reference = subprocess.Popen(
+            [sys.executable, "-m", "tests.train.run_training", str(reference_dir), *steps, "2", "1"], cwd=REPO,
+            env={**os.environ, "EMULATE_HOSTS": "2", "XLA_FLAGS": "--xla_force_host_platform_device_count=2"},
+            stdout=out, stderr=subprocess.STDOUT)
     port = str(20000 + (os.getpid() + 7) % 20000)
     launched = run_script("local_multiprocess.sh", "-n", "2", "--port", port, "--log-dir", str(tmp_path / "logs"),
                           "--", sys.executable, "-m", "tests.train.run_training", str(launched_dir), *steps,
                           timeout=600)
     logs = [(tmp_path / "logs" / f"process_{i}.log").read_text() for i in range(2)]
     assert launched.returncode == 0, launched.stderr + logs[0][-3000:] + logs[1][-3000:]
-    assert reference.wait(timeout=600) == 0, reference.stderr.read()[-3000:]
+    assert reference.wait(timeout=600) == 0, reference_log.read_text()[-3000:]
     for log in logs:
         assert json.loads(log.strip().splitlines()[-1]).items() >= {"step": 3, "ended_by": "train_steps"}.items()
     assert {p.name for p in (launched_dir / "data_state" / "checkpoint_3").iterdir()} >= {
