@@ -36,6 +36,10 @@ class IncompatibleCheckpointError(ValueError):
     to proceed."""
 
 
+class CheckpointWriteError(OSError):
+    """Saving failed (disk full, permissions, a storage outage); what was committed before is intact."""
+
+
 @dataclasses.dataclass(frozen=True)
 class Layout:
     """Another shape of the train state that a checkpoint may have been saved in, and how to convert from it."""
@@ -116,10 +120,13 @@ class Checkpointer:
 
     def save(self, step: int, state: Any, run_record: dict, save_data_state: Callable[[str], Any]) -> None:
         path = self.data_state_path(step)
-        save_data_state(str(path))
-        _write_manifest(path)
-        self._manager.save(step, args=ocp.args.Composite(**{STATE: ocp.args.StandardSave(state),
-                                                            RUN: ocp.args.JsonSave(run_record)}))
+        try:
+            save_data_state(str(path))
+            _write_manifest(path)
+            self._manager.save(step, args=ocp.args.Composite(**{STATE: ocp.args.StandardSave(state),
+                                                                RUN: ocp.args.JsonSave(run_record)}))
+        except OSError as error:  # also a failed asynchronous write of the previous step, which orbax raises here
+            raise self._write_error(f"checkpoint_{step}", error) from error
         self._saved = True
         self._remove_stale_data_states(also_keep=step)
 
@@ -240,10 +247,25 @@ class Checkpointer:
 
     def wait(self) -> None:
         """Block until async saves are committed."""
-        self._manager.wait_until_finished()
+        try:
+            self._manager.wait_until_finished()
+        except OSError as error:
+            raise self._write_error("an asynchronous checkpoint", error) from error
+
+    def _write_error(self, what: str, error: OSError) -> CheckpointWriteError:
+        try:  # an earlier save may still be committing: the message names the newest that made it
+            self._manager.wait_until_finished()
+        except OSError:
+            pass
+        self._manager.reload()
+        steps = self.steps()
+        return CheckpointWriteError(
+            f"Writing {what} to {self.model_dir} failed ({type(error).__name__}: {error}). The committed checkpoints "
+            f"are intact ({f'newest: step {steps[-1]}' if steps else 'none yet'}): fix the storage (space, "
+            "permissions), then rerun the same command to resume.")
 
     def close(self) -> None:
-        self._manager.wait_until_finished()
+        self.wait()
         if self._saved:  # a run that saved nothing (e.g. could not resume) leaves MODEL_DIR as it found it
             self._remove_stale_data_states()
         self._manager.close()

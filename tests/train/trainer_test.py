@@ -92,6 +92,7 @@ def copy_run(source, target, drop_steps=()):
         shutil.rmtree(target / "data_state" / f"checkpoint_{step}")
 
 
+@pytest.mark.faults
 def test_rerun_after_kill_9_resumes_from_the_newest_committed_checkpoint_and_reproduces_the_losses(
         uninterrupted, tmp_path):
     reference = losses(uninterrupted[0])
@@ -108,6 +109,7 @@ def test_rerun_after_kill_9_resumes_from_the_newest_committed_checkpoint_and_rep
     assert losses(tmp_path) == reference  # bit for bit on CPU
 
 
+@pytest.mark.faults
 def test_sigterm_checkpoints_then_exits_and_a_rerun_restores_that_checkpoint(tmp_path):
     process = start(tmp_path, 1000, "1000")
     wait_for(tmp_path / "metrics.jsonl", process)
@@ -125,6 +127,7 @@ def test_sigterm_checkpoints_then_exits_and_a_rerun_restores_that_checkpoint(tmp
     assert losses(tmp_path) == losses(tmp_path / "reference")
 
 
+@pytest.mark.faults
 def test_torn_latest_checkpoint_falls_back_to_the_previous(uninterrupted, tmp_path, caplog):
     # A copy of the finished run whose newest checkpoint is corrupted.
     copy_run(uninterrupted[0], tmp_path)
@@ -139,6 +142,7 @@ def test_torn_latest_checkpoint_falls_back_to_the_previous(uninterrupted, tmp_pa
     assert dict(new_rows)[7] == losses(uninterrupted[0])[7] and dict(new_rows)[8] == losses(uninterrupted[0])[8]
 
 
+@pytest.mark.faults
 def test_torn_data_state_falls_back_to_the_previous_checkpoint(uninterrupted, tmp_path, caplog):
     copy_run(uninterrupted[0], tmp_path)
     data = next((tmp_path / "data_state" / "checkpoint_8").glob("process_0.data-*"))
@@ -149,6 +153,7 @@ def test_torn_data_state_falls_back_to_the_previous_checkpoint(uninterrupted, tm
     assert dict(new_rows)[8] == losses(uninterrupted[0])[8]
 
 
+@pytest.mark.faults
 def test_a_model_dir_whose_checkpoints_are_all_torn_stops_without_writing_unless_asked_to_start_over(
         uninterrupted, tmp_path):
     copy_run(uninterrupted[0], tmp_path)
@@ -168,6 +173,7 @@ def test_a_model_dir_whose_checkpoints_are_all_torn_stops_without_writing_unless
     assert [loss for _, loss in new_rows] == [losses(uninterrupted[0])[s] for s in (1, 2)]
 
 
+@pytest.mark.faults
 @pytest.mark.parametrize("change, differs, setting", [
     (dict(model=dict(param_dtype="bfloat16")), "92 arrays of another shape or dtype, e.g. opt_state/0/v/decoder/decoder_norm/scale/value is float32[32] there and bfloat16[32] here",
      "model.param_dtype ('float32' -> 'bfloat16')"),
@@ -192,6 +198,7 @@ def test_a_checkpoint_that_does_not_fit_the_run_stops_it_with_one_line_and_write
     assert snapshot(tmp_path) == before
 
 
+@pytest.mark.faults
 def test_a_data_position_saved_by_another_number_of_processes_stops_the_run(uninterrupted, tmp_path):
     copy_run(uninterrupted[0], tmp_path)
     (tmp_path / "data_state" / "checkpoint_8" / "process_1.manifest.json").write_text("{}")
@@ -253,6 +260,7 @@ def test_the_run_reports_throughput_and_mfu_against_a_measured_cpu_peak(uninterr
     assert result.mfu_peak == "float32 matmul measured on this CPU"
 
 
+@pytest.mark.faults
 def test_nan_inside_one_microbatch_stops_the_run_and_the_last_good_checkpoint_restores(tmp_path, monkeypatch):
     from t5scale.train import trainer
 
@@ -323,6 +331,7 @@ def finish(processes) -> list[dict]:
     return ends
 
 
+@pytest.mark.faults
 def test_two_processes_stop_together_when_only_one_gets_sigterm_and_resume_exactly(tmp_path):
     # Reference: one process with 2 devices reading both hosts' shards, host 0's rows first.
     reference_dir = tmp_path / "one_process"
