@@ -12,6 +12,7 @@ from t5scale.compress.study import frontier
 
 def plot_accuracy_vs_bytes(rows: list[dict], path: str, *, quality_label: str = "score") -> None:
     from matplotlib.figure import Figure  # no pyplot: no GUI backend, no global state
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
     figure = Figure(figsize=(7, 4.5), layout="constrained")
     axes = figure.subplots()
@@ -25,6 +26,9 @@ def plot_accuracy_vs_bytes(rows: list[dict], path: str, *, quality_label: str = 
     axes.step([r["params_bytes"] for r in best], [r["score"] for r in best], "k--", where="post", linewidth=1,
               label="frontier (all sizes)")
     axes.set_xscale("log")
+    axes.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+    axes.xaxis.set_major_formatter(FuncFormatter(lambda x, _: _human_bytes(x)))
+    axes.xaxis.set_minor_formatter(NullFormatter())
     axes.set_xlabel("bytes of the stored parameters (log scale)")
     axes.set_ylabel(quality_label)
     axes.grid(True, which="both", alpha=0.3)
@@ -32,3 +36,10 @@ def plot_accuracy_vs_bytes(rows: list[dict], path: str, *, quality_label: str = 
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=150)
     epath.Path(path).write_bytes(buffer.getvalue())
+
+
+def _human_bytes(n: float) -> str:
+    for unit, size in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= size:
+            return f"{n / size:g} {unit}"
+    return f"{n:g} B"
