@@ -76,7 +76,7 @@ def timing_table(seconds: dict[str, list[float]], generated: int) -> dict[str, d
     return sides
 
 
-_BYTES = {"f32": 4, "s32": 4, "bf16": 2, "s8": 1, "pred": 1}
+_BYTES = {"f32": 4, "s32": 4, "bf16": 2, "u16": 2, "s8": 1, "pred": 1}
 
 
 def loop_carried_megabytes(model, inputs, new_tokens: int, eos_id: int) -> dict[str, float]:
@@ -87,7 +87,7 @@ def loop_carried_megabytes(model, inputs, new_tokens: int, eos_id: int) -> dict[
     text = decoding._greedy_decode.lower(model, inputs, new_tokens, eos_id).compile().as_text()
     carried = next(line for line in text.splitlines() if " while(" in line).split(" while(")[0]
     sizes = collections.Counter()
-    for dtype, dims in re.findall(r"\b(f32|s32|bf16|s8|pred)\[([\d,]*)\]", carried):
+    for dtype, dims in re.findall(r"\b(f32|s32|bf16|u16|s8|pred)\[([\d,]*)\]", carried):
         sizes[dtype] += _BYTES[dtype] * int(np.prod([int(d) for d in dims.split(",") if d]))
     return {dtype: size / 1e6 for dtype, size in sorted(sizes.items())}
 

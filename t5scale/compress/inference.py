@@ -96,8 +96,8 @@ class NarrowEinsum(nnx.Module):
 class NarrowEmbed(nnx.Module):
     """The token embedding, one scale per row (token); `attend` is the tied output layer, contracted over D.
 
-    Held transposed, [D, V]: XLA's CPU backend ran the bfloat16 output-layer product against a [V, D] operand as a
-    float32 product of a float32 copy hoisted out of the decoding loop; against [D, V] it reads the bfloat16 weights.
+    Held transposed, [D, V]: against a [V, D] table XLA's CPU backend hoisted a transposed copy out of the decoding
+    loop for the output-layer product (the embedding twice in memory); against [D, V] the product reads it as it is.
     """
 
     def __init__(self, embed: nnx.Embed, codes: jax.Array, scale: jax.Array | None, mode: str):
