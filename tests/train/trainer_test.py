@@ -302,7 +302,7 @@ def test_bad_train_config_is_rejected():
 
 @pytest.mark.parametrize("data, model, rules", [  # (2, 4) splits both batch and weights; the others: make test-all
     pytest.param(8, 1, "t5x", marks=pytest.mark.slow), pytest.param(4, 2, "t5x", marks=pytest.mark.slow),
-    (2, 4, "t5x"), (2, 4, "fsdp")])  # fsdp also splits params and optimizer state over data
+    (2, 4, "t5x"), pytest.param(2, 4, "fsdp", marks=pytest.mark.slow)])  # fsdp: the mesh-resume test below
 def test_sharded_meshes_on_8_devices_reproduce_the_single_device_losses(uninterrupted, tmp_path, data, model, rules):
     process = start(tmp_path, 3, "100", str(data), str(model), rules,
                     env={"XLA_FLAGS": "--xla_force_host_platform_device_count=8"})
@@ -315,6 +315,26 @@ def test_sharded_meshes_on_8_devices_reproduce_the_single_device_losses(uninterr
     saved = ocp.StandardCheckpointer().metadata(tmp_path / "checkpoint_3" / "state").item_metadata.tree
     placement = saved["params"]["token_embedder"]["embedding"]["value"].sharding.partition_spec
     assert tuple(placement) == {"t5x": ("model", None), "fsdp": ("model", "data")}[rules]
+
+
+def test_a_run_resumed_on_another_mesh_reshards_params_and_optimizer_state(uninterrupted, tmp_path):
+    reference = losses(uninterrupted[0])
+    copy_run(uninterrupted[0], tmp_path, drop_steps=(6, 8))
+    before = len(rows(tmp_path))
+    # 1 device -> 8 fake devices, fsdp over (data 2, model 4): orbax restores into the new placements.
+    process = start(tmp_path, 8, "2", "2", "4", "fsdp", env={"XLA_FLAGS": "--xla_force_host_platform_device_count=8"})
+    (end,) = finish([process])
+    assert end == {"step": 8, "ended_by": "train_steps", "start_step": 4}
+    assert [s for s, _ in rows(tmp_path)[before:]] == [5, 6, 7, 8]
+    saved = ocp.StandardCheckpointer().metadata(tmp_path / "checkpoint_6" / "state").item_metadata.tree
+    assert tuple(saved["params"]["token_embedder"]["embedding"]["value"].sharding.partition_spec) == (
+        "model", "data")  # trained under fsdp: [vocab, embed] split over both axes
+    # ... and back to 1 device from the 8-device checkpoint_6.
+    shutil.rmtree(tmp_path / "checkpoint_8")
+    result, new_rows = rerun(tmp_path, 8)
+    assert_resumed_from(result, new_rows, 6, 8)
+    for step, loss in losses(tmp_path).items():
+        assert loss == pytest.approx(reference[step], rel=1e-5)
 
 
 def start_two_processes(model_dir, steps, save_every, port):
