@@ -15,6 +15,7 @@ import shutil
 from etils import epath
 
 from t5scale.release.bundle import is_bundle_file
+from t5scale.storage import StorageError
 from t5scale.release.manifest import MANIFEST
 
 _CHUNK = 16 << 20
@@ -66,7 +67,12 @@ def publish(staging: pathlib.Path, destination: str, manifest: dict, *, overwrit
     for name in names:
         if "/" in name:
             (destination / name).parent.mkdir(parents=True, exist_ok=True)
-        _upload(staging / name, destination / name)
+        try:
+            _upload(staging / name, destination / name)
+        except OSError as error:  # the storage service went away, a disk filled up, ...
+            raise StorageError(f"{destination / name}: the upload failed ({type(error).__name__}: "
+                               f"{str(error).splitlines()[0][:200] if str(error) else ''}); nothing is published "
+                               f"({MANIFEST} is written last). Rerun the same command to complete it.") from None
     for name in set(previous) - set(names) - {MANIFEST}:
         (destination / name).unlink(missing_ok=True)  # left by an older release of another checkpoint
     for name in names:

@@ -83,15 +83,16 @@ def test_a_model_dir_on_gcs_releases_to_gcs(gcs, source):
 
 @pytest.fixture
 def failing_upload(monkeypatch):
-    """Make the k-th upload of a release (0-based) fail, as a killed process or a vanished server would."""
-    def arm(k: int, action=None):
+    """Make the k-th upload of a release (0-based) fail, as a killed process would; or run `before` first and let
+    the upload meet what it did (e.g. a stopped server)."""
+    def arm(k: int, before=None):
         real, calls = publish._upload, []
 
         def upload(local, remote):
             if len(calls) == k:
-                if action is not None:
-                    action()
-                raise ConnectionError(f"injected: upload {k} of {remote.name} died")
+                if before is None:
+                    raise ConnectionError(f"injected: upload {k} of {remote.name} died")
+                before()
             calls.append(remote.name)
             real(local, remote)
 
@@ -108,7 +109,7 @@ def test_a_release_killed_at_any_upload_is_invisible_and_a_rerun_completes_it(gc
     files = 9  # the bundle of tests.release.runs: see the first test's object listing
     for k in range(files):
         disarm = failing_upload(k)
-        with pytest.raises(ConnectionError, match="injected"):
+        with pytest.raises(StorageError, match="injected.*nothing is published"):
             t5scale.release(model_dir, destination)
         disarm()
         assert len(gcs.objects(bucket)) == k and f"rel/{MANIFEST}" not in gcs.objects(bucket)
@@ -152,12 +153,24 @@ def test_kill_9_mid_upload_then_rerun(gcs, source):
     assert t5scale.load(destination).generate(TEXTS, max_length=8) == expected["generated"]
 
 
-def test_an_emulator_that_stops_mid_upload_leaves_no_release(gcs, source, failing_upload):
+class _NoWaitAsyncio:
+    """asyncio, with gcsfs's retry back-off (about 20 s of sleeps against a dead server) cut to nothing."""
+
+    def __getattr__(self, name):
+        import asyncio
+
+        return (lambda seconds: asyncio.sleep(0)) if name == "sleep" else getattr(asyncio, name)
+
+
+def test_an_emulator_that_stops_mid_upload_leaves_no_release(gcs, source, failing_upload, monkeypatch):
+    import gcsfs.retry
+
+    monkeypatch.setattr(gcsfs.retry, "asyncio", _NoWaitAsyncio())
     model_dir, _ = source
     bucket = gcs.create_bucket()
     destination = f"gs://{bucket}/rel"
-    failing_upload(3, action=gcs.stop)
-    with pytest.raises(ConnectionError):
+    failing_upload(3, before=gcs.stop)
+    with pytest.raises(StorageError, match="rel/.*: the upload failed .*Rerun the same command"):
         t5scale.release(model_dir, destination)
     gcs.start()  # the filesystem backend kept what was uploaded before the stop
     assert len(gcs.objects(bucket)) == 3 and f"rel/{MANIFEST}" not in gcs.objects(bucket)
