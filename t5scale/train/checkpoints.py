@@ -141,13 +141,15 @@ class Checkpointer:
                 path.rmtree(missing_ok=True)
 
     def restore_latest(self, abstract_state: Any, restore_data_state: Callable[[str], Any], *,
-                       layouts: tuple[Layout, ...] = (), settings_changed: str = ""
-                       ) -> tuple[int, Any, dict | None]:
+                       layouts: tuple[Layout, ...] = (), settings_changed: str = "",
+                       derive_data_position: Callable[[int], Any] | None = None) -> tuple[int, Any, dict | None]:
         """Newest restorable checkpoint as (step, state, run record); (0, None, None) when MODEL_DIR has none.
 
         A torn checkpoint is skipped with a warning. One saved in one of `layouts` is converted. One that does not fit
         raises IncompatibleCheckpointError, naming `settings_changed` (from the run's config.json) as the likely
-        cause; so does a MODEL_DIR whose checkpoints are all torn.
+        cause; so does a MODEL_DIR whose checkpoints are all torn. Data positions saved by another number of
+        processes cannot be split or merged: `derive_data_position(step)` then places the data instead (with a
+        warning), or, without it, the run stops.
         """
         steps = self.steps()
         for step in reversed(steps):
@@ -155,8 +157,10 @@ class Checkpointer:
             if not _all_processes_agree(saved is not None):
                 continue
             target, convert_fn = self._choose_layout(step, saved, abstract_state, layouts, settings_changed)
-            self._check_data_state_layout(step, settings_changed)
-            restored = self._try_restore(step, target, restore_data_state)
+            if self._data_positions_fit(step, settings_changed, derive_data_position is not None):
+                restored = self._try_restore(step, target, restore_data_state)
+            else:
+                restored = self._try_restore(step, target, derive_data_position, data_files=False)
             if _all_processes_agree(restored is not None):
                 state, record = restored
                 return step, convert_fn(state), record
@@ -200,20 +204,28 @@ class Checkpointer:
             + (f"Settings changed since it was written: {settings_changed}. " if settings_changed else "")
             + _how_to_proceed(self.model_dir))
 
-    def _check_data_state_layout(self, step: int, settings_changed: str) -> None:
+    def _data_positions_fit(self, step: int, settings_changed: str, can_derive: bool) -> bool:
         root = self.model_dir / DATA_STATE / f"checkpoint_{step}"
         saved_by = sorted(p.name.removesuffix(".manifest.json") for p in root.glob("process_*.manifest.json"))
-        if len(saved_by) != jax.process_count():
-            raise IncompatibleCheckpointError(
+        if len(saved_by) == jax.process_count():
+            return True
+        if can_derive:
+            logging.warning("%s holds the data positions of %d processes and this run has %d: each process's "
+                            "data restarts from the position derived from step %d (its shard read from the start, "
+                            "%d batches skipped), not from where the saving processes left off.",
+                            self.model_dir / f"checkpoint_{step}", len(saved_by), jax.process_count(), step, step)
+            return False
+        raise IncompatibleCheckpointError(
                 f"{self.model_dir / f'checkpoint_{step}'} holds the data positions of {len(saved_by)} processes "
                 f"and this run has {jax.process_count()}; a data position cannot be split or merged across "
                 f"processes. " + (f"Settings changed: {settings_changed}. " if settings_changed else "")
                 + _how_to_proceed(self.model_dir))
 
-    def _try_restore(self, step: int, target: Any, restore_data_state: Callable[[str], Any]):
-        """(state, record), or None for a torn checkpoint."""
+    def _try_restore(self, step: int, target: Any, restore_data_state: Callable[[str], Any], data_files=True):
+        """(state, record), or None for a torn checkpoint. `restore_data_state` gets this process's data-state
+        path, or with `data_files=False` the step."""
         path = self.data_state_path(step)
-        if (problem := _manifest_problem(path)) is not None:
+        if data_files and (problem := _manifest_problem(path)) is not None:
             self._warn_torn(step, problem)
             return None
         try:
@@ -223,7 +235,7 @@ class Checkpointer:
             self._warn_torn(step, error)
             return None
         try:
-            restore_data_state(str(path))
+            restore_data_state(str(path) if data_files else step)
         except Exception as error:  # noqa: BLE001 -- the files match their manifest: the pipeline changed
             raise IncompatibleCheckpointError(
                 f"The data position saved at {path} does not fit this run's input pipeline "

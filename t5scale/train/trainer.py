@@ -186,23 +186,29 @@ def _resume(checkpointer: Checkpointer, state, configs: dict, model_cfg: ModelCo
     abstract_state = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
     layouts = (_other_layer_layout(model_cfg, tx, train_cfg.seed, mesh, rules, abstract_state),)
 
-    def batch_iterator():
-        return BatchIterator(make_dataset(data_cfg, jax.process_index(), jax.process_count()))
+    def batch_iterator(skip_steps: int = 0):
+        dataset = make_dataset(data_cfg, jax.process_index(), jax.process_count())
+        return BatchIterator(dataset.skip(skip_steps) if skip_steps else dataset)
 
-    batches = batch_iterator()
+    current = {"batches": batch_iterator()}
+
+    def derive_data_position(step: int) -> None:  # another process count: each shard from its start, step skipped
+        current["batches"] = batch_iterator(step)
+
     try:
         if checkpointer.steps():
             _check_architecture(model_dir, model_cfg, resuming=True)
         saved_configs = _read_run_config(model_dir) or {}
         start_step, restored, record = checkpointer.restore_latest(
-            abstract_state, batches.restore, layouts=layouts,
+            abstract_state, current["batches"].restore, layouts=layouts, derive_data_position=derive_data_position,
             settings_changed=describe_settings_changed(saved_configs, json.loads(json.dumps(configs, default=str))))
     except IncompatibleCheckpointError as error:
         if not train_cfg.restart_from_scratch:
             raise
         logging.warning("%s Starting over as asked (restart_from_scratch=True): deleting them.", error)
         checkpointer.delete_all()
-        start_step, restored, record, batches = 0, None, None, batch_iterator()
+        start_step, restored, record, current["batches"] = 0, None, None, batch_iterator()
+    batches = current["batches"]
     if restored is not None:
         logging.info("Resumed from %s at step %d.", model_dir / f"checkpoint_{start_step}", start_step)
         return restored, start_step, record, batches

@@ -110,3 +110,15 @@ def test_a_checkpoint_of_another_shape_is_incompatible_not_torn(tmp_path):
                              r"was written: model\.d \(4 -> 6\)\. To proceed: .*restart_from_scratch=True"):
         Checkpointer(str(tmp_path)).restore_latest(abstract(other), lambda path: None,
                                                    settings_changed="model.d (4 -> 6)")
+
+
+def test_data_positions_of_another_process_count_stop_the_restore_unless_the_caller_can_place_the_data(tmp_path):
+    save_steps(tmp_path, [3], stacked_state())
+    (tmp_path / "data_state" / "checkpoint_3" / "process_1.manifest.json").write_text("{}")
+    with pytest.raises(IncompatibleCheckpointError, match=r"checkpoint_3 holds the data positions of 2 processes "
+                                                          r"and this run has 1; a data position cannot be split"):
+        Checkpointer(str(tmp_path)).restore_latest(abstract(stacked_state()), lambda path: None)
+    placed = []
+    step, _, _ = Checkpointer(str(tmp_path)).restore_latest(abstract(stacked_state()), lambda path: None,
+                                                            derive_data_position=placed.append)
+    assert step == 3 and placed == [3]

@@ -198,13 +198,17 @@ def test_a_checkpoint_that_does_not_fit_the_run_stops_it_with_one_line_and_write
     assert snapshot(tmp_path) == before
 
 
-@pytest.mark.faults
-def test_a_data_position_saved_by_another_number_of_processes_stops_the_run(uninterrupted, tmp_path):
-    copy_run(uninterrupted[0], tmp_path)
-    (tmp_path / "data_state" / "checkpoint_8" / "process_1.manifest.json").write_text("{}")
-    with pytest.raises(IncompatibleCheckpointError, match=r"checkpoint_8 holds the data positions of 2 processes "
-                                                          r"and this run has 1"):
-        run(str(tmp_path), 10)
+def test_data_positions_of_another_process_count_restart_the_data_from_the_step_with_a_warning(
+        uninterrupted, tmp_path, caplog):
+    # checkpoint_4 as if two processes had saved it: their positions cannot be merged into this one process's.
+    copy_run(uninterrupted[0], tmp_path, drop_steps=(6, 8))
+    (tmp_path / "data_state" / "checkpoint_4" / "process_1.manifest.json").write_text("{}")
+    result, new_rows = rerun(tmp_path, 8)
+    assert "checkpoint_4 holds the data positions of 2 processes and this run has 1: each process's data restarts " \
+           "from the position derived from step 4" in caplog.text
+    assert_resumed_from(result, new_rows, 4, 8)
+    # One shard read from its start with 4 batches skipped is where the uninterrupted run was: same losses.
+    assert dict(new_rows) == {s: losses(uninterrupted[0])[s] for s in (5, 6, 7, 8)}
 
 
 def test_a_run_resumed_with_the_other_layer_layout_converts_and_continues_the_losses(
