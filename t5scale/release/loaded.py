@@ -81,12 +81,13 @@ class LoadedModel:
             out[i, :len(row)] = row
         return out
 
-    def _chunks(self, rows: list, batch_size: int):
+    def _chunks(self, items: list, batch_size: int):
+        """(chunk, rows to pad it to): every chunk of a call gets the same row count, so one compiled program."""
         if batch_size < 1:
             raise ValueError(f"batch_size must be positive, got {batch_size}.")
-        for start in range(0, len(rows), batch_size):
-            chunk = rows[start:start + batch_size]
-            yield chunk, min(batch_size, _bucket(len(chunk), smallest=1))
+        rows = min(batch_size, _bucket(len(items), smallest=1))
+        for start in range(0, len(items), batch_size):
+            yield items[start:start + batch_size], rows
 
     # -- inference ----------------------------------------------------------------------------------------------
 
