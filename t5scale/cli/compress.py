@@ -58,6 +58,7 @@ def compress(args, gin_files, bindings) -> list[dict]:
     metrics = sorted({name for row in rows for values in row["metrics"].values() for name in values})
     plot_accuracy_vs_bytes(rows, f"{cfg.output_dir}/accuracy_vs_bytes.png",
                            quality_label=f"{cfg.task}: mean of {', '.join(metrics)}")
+    print(f"score: {cfg.task}'s {' and '.join(metrics)}" + (" (their mean)" if len(metrics) > 1 else ""))
     print(format_table(rows))
     print(f"results: {cfg.output_dir}/results.csv, results.json; figure: {cfg.output_dir}/accuracy_vs_bytes.png")
     return rows

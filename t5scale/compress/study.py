@@ -61,7 +61,7 @@ def run_study(cfg: StudyConfig) -> list[dict]:
         label = _unique(model.cfg.name or checkpoint.parent.name, labels)
         flat = flat_params(model)
         baseline_bytes = None
-        for setting in (BASELINE, *(s for s in cfg.settings if s != BASELINE)):
+        for setting in dict.fromkeys((BASELINE, *cfg.settings)):  # each once, the baseline first
             folder = epath.Path(cfg.output_dir) / label / setting.name
             save_compressed(str(folder), model.cfg, *compress_params(flat, setting), setting, str(checkpoint), step)
             sizes = stored_bytes(str(folder))
