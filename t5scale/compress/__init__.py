@@ -12,3 +12,7 @@ against bytes.
     plot         accuracy against bytes, a curve per model size and the frontier
     inference    weights kept in int8 / bfloat16 in memory, dequantized inside the program (decoding speed)
 """
+
+from t5scale.compress.checkpoint import is_compressed, load_any
+
+__all__ = ["is_compressed", "load_any"]
