@@ -30,6 +30,17 @@ def selected(flat: dict[str, np.ndarray], setting: Setting) -> list[str]:
     return [n for n in flat if (spec := kernel_spec(n)) is not None and spec.group in setting.groups]
 
 
+def check_fits(shapes: dict[str, tuple[int, ...]], setting: Setting) -> None:
+    """Refuse, before any work, a setting the model's shapes cannot take (a group size that does not divide)."""
+    if setting.granularity != "group" or setting.bits is None:
+        return
+    for name in selected(shapes, setting):
+        width = shapes[name][kernel_spec(name).contracting_axes[-1]]
+        if width % setting.group_size:
+            raise ValueError(f"Setting {setting.name}: group_size {setting.group_size} does not divide the "
+                             f"contracted width {width} of {name}; choose a divisor of it.")
+
+
 def compress_params(flat: dict[str, np.ndarray], setting: Setting) -> tuple[dict[str, np.ndarray], dict]:
     """Flat params (t5scale.model.layout.flat_params) -> (tensors to store, layout); see the module doc."""
     names = selected(flat, setting) if setting.bits is not None or setting.sparsity else []

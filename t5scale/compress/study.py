@@ -21,7 +21,7 @@ from typing import Mapping
 from etils import epath
 
 from t5scale.compress.checkpoint import COMPRESSION, is_compressed, load_any, save_compressed, stored_bytes
-from t5scale.compress.compressed import compress_params
+from t5scale.compress.compressed import check_fits, compress_params
 from t5scale.compress.settings import BASELINE, Setting
 from t5scale.model.flops import count_params
 from t5scale.model.layout import flat_params
@@ -60,8 +60,11 @@ def run_study(cfg: StudyConfig) -> list[dict]:
         model, checkpoint, step = load_any(path)
         label = _unique(model.cfg.name or checkpoint.parent.name, labels)
         flat = flat_params(model)
+        settings = tuple(dict.fromkeys((BASELINE, *cfg.settings)))  # each once, the baseline first
+        for setting in settings:
+            check_fits({name: value.shape for name, value in flat.items()}, setting)
         baseline_bytes = None
-        for setting in dict.fromkeys((BASELINE, *cfg.settings)):  # each once, the baseline first
+        for setting in settings:
             folder = epath.Path(cfg.output_dir) / label / setting.name
             save_compressed(str(folder), model.cfg, *compress_params(flat, setting), setting, str(checkpoint), step)
             sizes = stored_bytes(str(folder))

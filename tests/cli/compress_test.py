@@ -70,6 +70,8 @@ def test_the_demo_calls_it_with_keyword_options_and_its_output_is_not_compressed
     (["bits=8,groups=attention+ffn"], "Unknown parameter group 'ffn'; choose among attention, mlp, embedding."),
     (["bits=3"], "Unsupported bit width 3; choose among 8, 6, 4, 2 or float"),
     (["bits=8,sparsity=1.0"], "Sparsity 1.0 is outside [0, 1)"),
+    (["bits=8", "bits=4,granularity=group,group_size=7"], "Setting int4-group7: group_size 7 does not divide the "
+                                                          "contracted width 24 of"),
 ])
 def test_bad_settings_are_one_line(checkpoints, tmp_path, capsys, settings, culprit):
     code = main(["compress", "--checkpoint", str(checkpoints[0]), "--output_dir", str(tmp_path), *ARGS,
