@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Sequence
 
 import matplotlib
+import matplotlib.ticker
 from etils import epath
 
 matplotlib.use("Agg")  # files only; never a window
@@ -71,12 +72,16 @@ def fit_png(n: Sequence[float], loss: Sequence[float], fit, path: str, *, x_labe
         ax.errorbar([extrapolate_to], [value], yerr=[[value - low], [high - value]], fmt="s", color="C3",
                     capsize=4, label=f"extrapolated: {value:.3g} [{low:.3g}, {high:.3g}]")
     ax.set(xscale="log", yscale="log", xlabel=x_label, ylabel="validation loss")
+    for formatter in (ax.yaxis.set_major_formatter, ax.yaxis.set_minor_formatter):  # losses span < a decade
+        formatter(matplotlib.ticker.FormatStrFormatter("%.3g"))
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
     return _save(fig, path)
 
 
 def _save(fig, path: str) -> epath.Path:
+    for ax in fig.axes:  # log axes label their minor ticks too, which overlap
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     path = epath.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()

@@ -194,6 +194,8 @@ def fit(args, gin_files, bindings) -> dict:
         print(f"L({args.extrapolate:.3g}) = {value:.4g}  (interval {interval[0]:.4g} .. {interval[1]:.4g})")
         summary["extrapolated"] = {"n": args.extrapolate, "loss": value, "interval": interval}
     if not args.with_data:
-        print(f"figure: {plots.fit_png(n, loss, result, f'{args.sweep_dir}/fit.png', extrapolate_to=args.extrapolate)}")
+        figure = plots.fit_png(n, loss, result, f"{args.sweep_dir}/fit.png", x_label=plots.LABELS[args.x],
+                               extrapolate_to=args.extrapolate)
+        print(f"figure: {figure}")
     (epath.Path(args.sweep_dir) / "fit.json").write_text(json.dumps(summary, indent=1) + "\n")
     return summary
