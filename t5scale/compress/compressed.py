@@ -46,10 +46,10 @@ def compress_params(flat: dict[str, np.ndarray], setting: Setting) -> tuple[dict
     names = selected(flat, setting) if setting.bits is not None or setting.sparsity else []
     masks = magnitude_masks({n: flat[n] for n in names}, setting.sparsity, scope=setting.prune) \
         if setting.sparsity else {}
-    tensors, layout = {}, {}
+    tensors, layout, compressed = {}, {}, set(names)
     for name, value in flat.items():
         value = np.asarray(value, np.float32)
-        if name not in names:
+        if name not in compressed:
             tensors[name], layout[name] = value, {"kind": FLOAT}
             continue
         entry = {"shape": list(value.shape)}
