@@ -25,7 +25,8 @@ def _arguments(parser) -> None:
     parser.add_argument("--task", required=True, help="seqio task or mixture to evaluate on, e.g. embedded_sst2")
     parser.add_argument("--output_dir", required=True, help="where the compressed checkpoints and results go")
     parser.add_argument("--settings", nargs="+", default=DEFAULTS["settings"], metavar="SPEC",
-                        help="e.g. bits=8 bits=4,sparsity=0.5 bits=4,groups=attention+mlp,granularity=tensor")
+                        help="e.g. bits=8 bits=4,sparsity=0.5 bits=4,groups=attention+mlp,granularity=tensor "
+                             f"(default: {' '.join(DEFAULTS['settings'])})")
     parser.add_argument("--split", default=DEFAULTS["split"])
     parser.add_argument("--batch_size", type=int, default=DEFAULTS["batch_size"])
     parser.add_argument("--num_examples", type=int, default=DEFAULTS["num_examples"],
