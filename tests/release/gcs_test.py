@@ -121,6 +121,19 @@ def test_a_release_killed_at_any_upload_is_invisible_and_a_rerun_completes_it(gc
     assert t5scale.load(destination).generate(TEXTS, max_length=8) == expected["generated"]
 
 
+def test_an_overwrite_killed_midway_leaves_neither_release_loadable(gcs, source, failing_upload, tmp_path):
+    model_dir, _ = source
+    destination = f"gs://{gcs.create_bucket()}/rel"
+    t5scale.release(model_dir, destination)
+    other = tmp_path / "other"
+    make_model_dir(str(other), seed=3)
+    failing_upload(1)
+    with pytest.raises(StorageError, match="injected"):
+        t5scale.release(str(other), destination, overwrite=True)
+    with pytest.raises(FileNotFoundError, match="incomplete release"):  # not the old one, not a mix
+        t5scale.load(destination)
+
+
 KILL_AFTER_TWO_UPLOADS = """
 import os, signal, sys
 from t5scale.release import publish

@@ -181,6 +181,7 @@ def test_the_loaded_model_batches_and_matches_the_decoding_functions(released):
     model = t5scale.load(released[0])
     assert model.params_count == 75_688 and model.card.startswith("# test-tiny-embedded")
     texts = TEXTS
+    assert model.tokenize(texts[:1]) == [[*model.vocabulary.encode(texts[0]), decoding.EOS_ID]]  # as seqio feeds it
     assert model.generate(texts, max_length=8, batch_size=2) == model.generate(texts, max_length=8)
     scores = model.score(texts, texts[::-1], batch_size=2)
     rows = model.tokenize(texts), model.tokenize(texts[::-1])
