@@ -28,12 +28,14 @@ def checkpoints(tmp_path_factory):
 
 
 def test_compress_writes_folders_bytes_metrics_a_table_and_a_figure(checkpoints, tmp_path, capsys):
+    """Called as the demo calls it (keyword options; --split left to its default)."""
     small, large = checkpoints
     out = tmp_path / "compress"
-    code = main(["compress", "--checkpoint", str(small), str(large.parent), "--output_dir", str(out), *ARGS,
-                 "--settings", "bits=4,sparsity=0.5"])
-    assert code == 0
+    returned = common.run_command("compress", checkpoints=[str(small), str(large.parent)], task=TASK,
+                                  output_dir=str(out), settings=["bits=4,sparsity=0.5"], num_examples=8, batch_size=8)
     rows = list(csv.DictReader((out / "results.csv").open()))
+    assert [(r["setting"], r["params_bytes"]) for r in returned] == [(r["setting"], int(r["params_bytes"]))
+                                                                      for r in rows]
     assert [(r["model"], r["setting"]) for r in rows] == [
         (m, s) for m in ("t-small", "t-large") for s in ("float32", "int4-sparse0.5")]
     for r in rows:
@@ -53,17 +55,18 @@ def test_compress_writes_folders_bytes_metrics_a_table_and_a_figure(checkpoints,
     assert "t-large  int4-sparse0.5" in printed and "of float32" in printed
 
 
-def test_the_demo_calls_it_with_keyword_options_and_its_output_is_not_compressed_twice(checkpoints, tmp_path,
-                                                                                       capsys):
-    rows = common.run_command("compress", checkpoints=[str(checkpoints[0])], task=TASK, output_dir=str(tmp_path / "a"),
-                              settings=["bits=8"], num_examples=4, batch_size=4)
-    assert [r["setting"] for r in rows] == ["float32", "int8"] and rows[1]["bytes_ratio"] < 0.4
-    capsys.readouterr()
-    code = main(["compress", "--checkpoint", str(tmp_path / "a" / "t-small" / "int8"), "--output_dir",
-                 str(tmp_path / "b"), *ARGS])
+def test_a_compressed_checkpoint_is_not_compressed_twice(tmp_path, capsys):
+    """Refused in one line, from the command line or from code, before anything is loaded or written."""
+    folder = tmp_path / "t-small" / "int8"
+    folder.mkdir(parents=True)
+    (folder / "compression.json").write_text(json.dumps({"format": "t5scale-compressed-v1", "source": "runs/x"}))
+    with pytest.raises(ValueError, match="is already a compressed checkpoint; compress its source, runs/x, instead"):
+        common.run_command("compress", checkpoints=[str(folder)], task=TASK, output_dir=str(tmp_path / "b"),
+                           settings=["bits=8"])
+    code = main(["compress", "--checkpoint", str(folder), "--output_dir", str(tmp_path / "b"), *ARGS])
     _, err = capsys.readouterr()
-    assert code == 2 and err.count("\n") == 1
-    assert f"is already a compressed checkpoint; compress its source, {checkpoints[0]}, instead" in err
+    assert code == 2 and err.count("\n") == 1 and "is already a compressed checkpoint" in err
+    assert not (tmp_path / "b").exists()
 
 
 @pytest.mark.parametrize("settings, culprit", [
