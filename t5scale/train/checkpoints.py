@@ -6,10 +6,10 @@ with a manifest of their file sizes, before the state is committed, so a committ
 position.
 
 Restoring tells two failures apart. A *torn* checkpoint (unreadable metadata or arrays, a data-state file that does
-not match its manifest) is skipped for the previous one. An *incompatible* one reads fine but does not fit the run
-(tree structure, shapes, dtypes, the number of processes that saved data positions): that stops the run with an
-`IncompatibleCheckpointError`, as does a MODEL_DIR whose checkpoints are all torn. A run never trains from scratch
-over existing checkpoints unless told to (`restart_from_scratch`).
+not match its manifest) is skipped for the previous one; all processes agree on it. An *incompatible* one reads fine
+but does not fit the run (tree structure, shapes, dtypes, a data position the input pipeline cannot take): that
+stops the run with an `IncompatibleCheckpointError`, as does a MODEL_DIR whose checkpoints are all torn. A run never
+trains from scratch over existing checkpoints unless told to (`restart_from_scratch`).
 """
 
 from __future__ import annotations

@@ -18,8 +18,7 @@ import time
 import pytest
 
 from t5scale.train.checkpoints import CheckpointWriteError
-from tests.train.run_training import losses, run
-from tests.train.trainer_test import (assert_resumed_from, committed_steps, finish, rerun, rows, start, wait_for)
+from tests.train.run_training import assert_resumed_from, committed_steps, finish, losses, rerun, rows, run, start
 
 pytestmark = pytest.mark.faults
 
