@@ -273,7 +273,7 @@ def start_two_processes(model_dir, steps, save_every, port):
 
 
 @pytest.mark.faults
-def test_two_processes_stop_together_when_only_one_gets_sigterm_and_resume_exactly(tmp_path, monkeypatch):
+def test_two_processes_stop_together_when_only_one_gets_sigterm_and_resume_exactly(tmp_path, monkeypatch, caplog):
     port = 20000 + os.getpid() % 20000
     model_dir = tmp_path / "two_processes"
     processes = start_two_processes(model_dir, 1000, 1000, port)
@@ -294,8 +294,13 @@ def test_two_processes_stop_together_when_only_one_gets_sigterm_and_resume_exact
     from t5scale.train import trainer
 
     monkeypatch.setattr(trainer, "make_dataset", emulated_hosts_dataset(2))
-    run(str(tmp_path / "one_process"), step + 2, save_every=1000)
+    run(str(tmp_path / "one_process"), step + 4, save_every=1000)
+    # And on with one process: the two processes' params and optimizer state restore into it; their data positions
+    # cannot merge, so the data restarts from the step, here (both shards, skipped) exactly where they left off.
+    result, new_rows = rerun(model_dir, step + 4)
+    assert_resumed_from(result, new_rows, step + 2, step + 4)
+    assert "holds the data positions of 2 processes and this run has 1" in caplog.text
     two, one = losses(model_dir), losses(tmp_path / "one_process")
-    assert sorted(two) == list(range(1, step + 3))
+    assert sorted(two) == list(range(1, step + 5))
     for s in two:
         assert two[s] == pytest.approx(one[s], rel=1e-5)
