@@ -304,3 +304,19 @@ def test_two_processes_stop_together_when_only_one_gets_sigterm_and_resume_exact
     assert sorted(two) == list(range(1, step + 5))
     for s in two:
         assert two[s] == pytest.approx(one[s], rel=1e-5)
+
+
+@pytest.mark.faults
+@pytest.mark.slow  # two more processes; the other direction (two -> one) is in the default run, above
+def test_two_processes_resume_a_one_process_checkpoint_with_the_data_from_the_step(tmp_path, monkeypatch):
+    from t5scale.train import trainer
+
+    # One process reading both hosts' shards: its data from step 4 on is what two processes read after 4 steps.
+    monkeypatch.setattr(trainer, "make_dataset", emulated_hosts_dataset(2))
+    run(str(tmp_path / "reference"), 6, save_every=1000)
+    run(str(tmp_path / "run"), 4, save_every=4)
+    ends = finish(start_two_processes(tmp_path / "run", 6, 1000, 20000 + (os.getpid() + 7) % 20000))
+    assert ends[0] == ends[1] == {"step": 6, "ended_by": "train_steps", "start_step": 4}
+    resumed, reference = losses(tmp_path / "run"), losses(tmp_path / "reference")
+    for step in (5, 6):
+        assert resumed[step] == pytest.approx(reference[step], rel=1e-5)
