@@ -15,8 +15,8 @@ import shutil
 from etils import epath
 
 from t5scale.release.bundle import is_bundle_file
-from t5scale.storage import StorageError
 from t5scale.release.manifest import MANIFEST
+from t5scale.storage import StorageError
 
 _CHUNK = 16 << 20
 

@@ -48,7 +48,7 @@ def test_release_to_gcs_prints_where_and_how_to_load(gcs, model_dir, capsys):
     assert main(["release", model_dir, "--to", f"gs://{bucket}/tiny"]) == 0
     out = capsys.readouterr().out
     assert f"t5scale release: gs://{bucket}/tiny: 10 files" in out and "t5scale.load('gs://" in out
-    assert f"tiny/manifest.json" in gcs.objects(bucket)
+    assert "tiny/manifest.json" in gcs.objects(bucket)
 
 
 def test_a_missing_bucket_is_one_line_and_writes_nothing(gcs, model_dir, capsys):

@@ -80,7 +80,7 @@ def test_training_to_gcs_resumes_after_kill_9_and_warm_starts(gcs):
         "--gin.train_config.eval_every=0")
     assert json.loads(epath.Path(finetuned, "config.json").read_text())["train"]["initial_checkpoint_path"] == \
         f"{full}/checkpoint_8"
-    assert f"ft/checkpoint_2/commit_success.txt" in gcs.objects(bucket, "ft/")
+    assert "ft/checkpoint_2/commit_success.txt" in gcs.objects(bucket, "ft/")
 
     run("eval", "--gin_file=runs/eval.gin", f"--gin.CHECKPOINT_PATH='{finetuned}'",
         "--gin.MIXTURE_OR_TASK_NAME='embedded_sst2'", f"--gin.EVAL_OUTPUT_DIR='{finetuned}/eval'",
