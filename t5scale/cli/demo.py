@@ -1,6 +1,6 @@
 """`t5scale demo`: the embedded default, run on this machine with no download: the shape table, then pretrain ->
-a small shape sweep with its Pareto frontier -> fine-tune -> eval -> compress (int8, int4, pruned) of a tiny
-shape on CPython's own prose.
+a small shape sweep with its Pareto frontier -> fine-tune -> eval -> compress (int8, int4, pruned) -> release of
+the int8 model and `t5scale.load` of it, for a tiny shape on CPython's own prose.
 Composes the other commands through the registry."""
 
 from __future__ import annotations
@@ -16,24 +16,24 @@ DEMO_SHAPES = ("tiny", "small", "small-el16", "small-nl16", "base", "base-nl36",
 
 @common.command("demo", "shape table; pretrain, fine-tune, eval a tiny shape here")
 def demo(args, gin_files, bindings) -> None:
-    print("t5scale demo 1/5: named shapes (params and training FLOPs from the config alone)\n")
+    print("t5scale demo 1/6: named shapes (params and training FLOPs from the config alone)\n")
     common.run_command("shapes", names=list(DEMO_SHAPES), json=False)
     model_dir = f"runs/demo-{time.strftime('%Y%m%d-%H%M%S')}"
 
-    print("\nt5scale demo 2/5: pretraining on span corruption of CPython's own prose (runs/demo.gin)")
+    print("\nt5scale demo 2/6: pretraining on span corruption of CPython's own prose (runs/demo.gin)")
     result = common.run_command("train", ["runs/demo.gin", *gin_files], [f"MODEL_DIR='{model_dir}'", *bindings])
     losses = [json.loads(line)["loss"] for line in pathlib.Path(result["model_dir"], "metrics.jsonl").open()]
     print(f"training loss: first step {losses[0]:.3f}, last step {losses[-1]:.3f} "
           f"(mean of first 10 {sum(losses[:10]) / 10:.3f}, last 10 {sum(losses[-10:]) / 10:.3f})")
 
     sweep_dir = f"{model_dir}/sweep"
-    print(f"\nt5scale demo 3/5: a shape sweep (sweeps/demo.gin: depth 1, 2, 4 at DM 64), one `t5scale train` "
+    print(f"\nt5scale demo 3/6: a shape sweep (sweeps/demo.gin: depth 1, 2, 4 at DM 64), one `t5scale train` "
           f"process per run, into {sweep_dir}")
     common.run_command("sweep", ["sweeps/demo.gin"], [f"SWEEP_DIR='{sweep_dir}'"], list=False, run_index=None)
     common.run_command("pareto", sweep_dir=sweep_dir, cost="params,flops", quality="neg_log_perplexity")
     common.run_command("curves", sweep_dir=sweep_dir, target_loss=None)
 
-    print("\nt5scale demo 4/5: fine-tuning the pretrained tiny model on embedded_sst2, SST-2's format on sentences "
+    print("\nt5scale demo 4/6: fine-tuning the pretrained tiny model on embedded_sst2, SST-2's format on sentences "
           "of CPython's docs (runs/demo_finetune.gin), then evaluating")
     finetuned = f"{model_dir}/finetune"
     common.run_command("finetune", ["runs/demo_finetune.gin"], [f"MODEL_DIR='{finetuned}'",
@@ -47,8 +47,21 @@ def demo(args, gin_files, bindings) -> None:
     majority = 100 * max(labels.count(0), labels.count(1)) / len(labels)
     print(f"(always answering the more frequent label would score {majority:.2f})")
 
-    print("\nt5scale demo 5/5: compressing the fine-tuned model (int8, int4, 50%-sparse int8), stored small and "
+    print("\nt5scale demo 5/6: compressing the fine-tuned model (int8, int4, 50%-sparse int8), stored small and "
           "evaluated again: accuracy against bytes")
-    common.run_command("compress", checkpoints=[finetuned], task="embedded_sst2", output_dir=f"{finetuned}/compress",
-                       settings=["bits=8", "bits=4", "bits=8,sparsity=0.5"])
+    common.run_command("compress", checkpoints=[finetuned], task="embedded_sst2",
+                       output_dir=f"{finetuned}/compress", settings=["bits=8", "bits=4", "bits=8,sparsity=0.5"])
+
+    int8 = next(pathlib.Path(finetuned, "compress").glob("*/int8"))
+    release_dir = f"{model_dir}/release"
+    print(f"\nt5scale demo 6/6: releasing the int8 model ({int8}) to {release_dir}, then t5scale.load(...) in Python")
+    common.run_command("release", checkpoint=str(int8), to=release_dir, dtype="float32", vocabulary=None,
+                       metrics=None, overwrite=False)
+    import t5scale
+
+    model = t5scale.load(release_dir)
+    print(model)
+    texts = [f"sst2 sentence: {example['sentence']}" for example in demo_examples("validation")[:4]]
+    for text, answer in zip(texts, model.generate(texts, max_length=4)):
+        print(f"  {answer!r:12} <- {text[:80]}")
     print(f"TensorBoard: tensorboard --logdir {model_dir}")

@@ -116,9 +116,7 @@ class MetricsLogger:
         self.last_loss, self.last_scalars = mean["loss"], scalars
         self._writer.write_scalars(step, scalars)
         if self._main:
-            with self._jsonl.open("a") as f:
-                for s, m in fetched:
-                    f.write(json.dumps({"step": s, **m}) + "\n")
+            append_lines(self._jsonl, [{"step": s, **m} for s, m in fetched])
             window = {"step": step, "steps": steps, "seconds": seconds, "target_tokens": tokens,
                       **({"compile": True} if self._compiling else {})}
             self._append("throughput.jsonl", window)
@@ -140,12 +138,22 @@ class MetricsLogger:
         self._bar.write(f"step {step}: validation loss {values['loss']:.4f}, accuracy {values['accuracy']:.4f}")
 
     def _append(self, name: str, row: dict) -> None:
-        with (self._dir / name).open("a") as f:
-            f.write(json.dumps(row) + "\n")
+        append_lines(self._dir / name, [row])
 
     def close(self) -> None:
         self._bar.close()
         self._writer.close()
+
+
+def append_lines(path: epath.Path, rows: list[dict]) -> None:
+    """Append JSON lines. Object stores cannot append (gcsfs would replace the object, and tf.io.gfile rewrites
+    it too): a remote file is read and written back whole."""
+    text = "".join(json.dumps(row) + "\n" for row in rows)
+    if "://" in str(path):
+        path.write_text((path.read_text() if path.exists() else "") + text)
+    else:
+        with path.open("a") as f:
+            f.write(text)
 
 
 def write_run_info(model_dir: str) -> None:

@@ -81,13 +81,14 @@ class TrainConfig:
 @dataclasses.dataclass(frozen=True)
 class TrainResult:
     step: int
-    ended_by: str  # "train_steps" | "flop_budget" | "time_budget" | "sigterm"
+    ended_by: str  # "train_steps" | "flop_budget" | "time_budget" | "sigterm" | "nan" (a NaN loss stopped it)
     last_loss: float | None
     model_dir: str
     target_tokens_per_s: float | None = None  # throughput and MFU of the last logged window
     mfu: float | None = None
     mfu_peak: str = ""  # where the peak behind the MFU comes from
     start_step: int = 0  # the checkpoint step this run resumed from (0: a fresh start)
+    train_seconds: float | None = None  # training wall-clock over all starts (evaluation and checkpoints too)
 
 
 class _Sigterm:
@@ -251,6 +252,7 @@ def train(*, model_cfg: ModelConfig, data_cfg: DataConfig, optim_cfg: OptimConfi
         checkpointer.close()
         raise
     _write_run_config(model_dir, configs, gin_config)
+    metrics_lib.write_run_info(str(model_dir))
     train_seconds = record.get("train_seconds", 0.0) if record else 0.0
 
     train_step = jax.jit(make_train_step(graphdef, tx, z_loss=train_cfg.z_loss,
@@ -304,16 +306,26 @@ def train(*, model_cfg: ModelConfig, data_cfg: DataConfig, optim_cfg: OptimConfi
         if step not in checkpointer.steps():
             save(step)
         checkpointer.wait()
+    except metrics_lib.NonFiniteLossError:
+        # Recorded, so that a sweep counts the run as diverged instead of retrying it forever.
+        _write_train_end(model_dir, TrainResult(step=step, ended_by="nan", last_loss=None, model_dir=str(model_dir),
+                                                start_step=start_step, train_seconds=train_seconds))
+        raise
     finally:
         sigterm.restore()
         logger.close()
         checkpointer.close()
     result = TrainResult(step=step, ended_by=ended_by, last_loss=logger.last_loss, model_dir=str(model_dir),
                          target_tokens_per_s=logger.last_scalars.get("target_tokens_per_s"),
-                         mfu=logger.last_scalars.get("mfu"), mfu_peak=peak_source, start_step=start_step)
+                         mfu=logger.last_scalars.get("mfu"), mfu_peak=peak_source, start_step=start_step,
+                         train_seconds=train_seconds)
+    _write_train_end(model_dir, result)
+    return result
+
+
+def _write_train_end(model_dir: epath.Path, result: TrainResult) -> None:
     if jax.process_index() == 0:
         (model_dir / "train_end.json").write_text(json.dumps(dataclasses.asdict(result), indent=1) + "\n")
-    return result
 
 
 def _evaluate(eval_step, params, data_cfg: DataConfig, train_cfg: TrainConfig, sharding, mesh) -> dict:

@@ -209,6 +209,7 @@ def test_nan_inside_one_microbatch_stops_the_run_and_the_last_good_checkpoint_re
         run(str(tmp_path), 8, microbatches=2, log_every=4)  # no flush at step 6: found by the check before saving it
     assert [s for s, _ in rows(tmp_path)] == [1, 2, 3, 4]  # the NaN step was never logged as a loss
     assert committed_steps(tmp_path) == [2, 4]  # the state reached through the NaN was not saved
+    assert json.loads((tmp_path / "train_end.json").read_text())["ended_by"] == "nan"  # a sweep: diverged
     monkeypatch.undo()
     result, new_rows = rerun(tmp_path, 6, microbatches=2)  # the data is fixed: the run resumes
     assert_resumed_from(result, new_rows, 4, 6)
