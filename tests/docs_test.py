@@ -1,7 +1,6 @@
 """The docs' examples run: every ```python block of docs/ and the README (except those starting `# not run:`),
 every `$ t5scale shapes ...` console block prints exactly what the page shows, and links between pages resolve."""
 
-import pathlib
 import re
 import shlex
 
@@ -18,7 +17,8 @@ def blocks(kind: str):
     for page in PAGES:
         for match in BLOCK.finditer(page.read_text()):
             if match.group(1) == kind:
-                yield pytest.param(match.group(2), id=f"{page.name}:{page.read_text()[:match.start()].count(chr(10)) + 1}")
+                line = page.read_text()[:match.start()].count("\n") + 1
+                yield pytest.param(match.group(2), id=f"{page.name}:{line}")
 
 
 @pytest.mark.parametrize("code", [b for b in blocks("python") if not b.values[0].startswith("# not run:")])

@@ -23,7 +23,8 @@ from t5scale.config import ModelConfig
 from t5scale.model.flops import count_params, training_flops
 
 COLUMNS = ("name", "shape", "EL", "DL", "DM", "KV", "NH", "FF", "params", "params_non_embedding",
-           "train_flops_per_example", "flops_spent", "steps", "train_tokens", "ended_by", "step_time_s", "target_tokens_per_s",
+           "train_flops_per_example", "flops_spent", "steps", "train_tokens", "ended_by", "step_time_s",
+           "target_tokens_per_s",
            "train_seconds", "compile_seconds", "final_loss", "best_loss", "neg_log_perplexity", "device")
 
 

@@ -15,7 +15,9 @@ import sys
 
 from t5scale.cli import common, compress, demo, evaluate, release, shapes, study, train  # noqa: F401  (each registers its commands)
 
-ORDER = ("shapes", "train", "finetune", "eval", "sweep", "results", "pareto", "curves", "fit", "compress", "release", "demo")  # as `t5scale --help` lists them: the data flow
+# As `t5scale --help` lists them: the data flow.
+ORDER = ("shapes", "train", "finetune", "eval", "sweep", "results", "pareto", "curves", "fit", "compress", "release",
+         "demo")
 DESCRIPTION = ("Train T5 encoder-decoders of any shape, measure which shapes are worth it, ship them compressed. "
                "Gin flags t5x style: --gin_file=models/small.gin (repeatable, later wins), --gin.MACRO=value.")
 

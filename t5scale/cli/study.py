@@ -17,8 +17,9 @@ import subprocess
 import sys
 import time
 
-import gin
 from etils import epath
+
+import gin
 from t5scale.analysis import fit as fit_lib
 from t5scale.analysis import pareto as pareto_lib
 from t5scale.analysis import plots, results

@@ -32,11 +32,18 @@ from jax.experimental import multihost_utils
 from t5scale.config import ModelConfig
 from t5scale.data.pipeline import BatchIterator, DataConfig, make_dataset
 from t5scale.model.flops import training_flops
+from t5scale.model.layout import convert_layer_layout
 from t5scale.model.t5 import T5
 from t5scale.train import metrics as metrics_lib
-from t5scale.model.layout import convert_layer_layout
-from t5scale.train.checkpoints import (Checkpointer, IncompatibleCheckpointError, Layout, START_OVER,
-                                       describe_settings_changed, resolve_checkpoint, restore_params)
+from t5scale.train.checkpoints import (
+    START_OVER,
+    Checkpointer,
+    IncompatibleCheckpointError,
+    Layout,
+    describe_settings_changed,
+    resolve_checkpoint,
+    restore_params,
+)
 from t5scale.train.metrics import NonFiniteLossError  # noqa: F401  (re-exported: callers catch it here)
 from t5scale.train.optim import OptimConfig, make_learning_rate_fn, make_optimizer
 from t5scale.train.partitioning import MeshConfig, batch_sharding, make_mesh, param_shardings

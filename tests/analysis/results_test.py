@@ -18,10 +18,10 @@ def make_run(root, name, shape_name, *, losses, evals, windows, ended_by="train_
     cfg = shape(shape_name).replace(vocab_size=2176)
     (run / "config.json").write_text(json.dumps({"model": cfg.to_dict(), "data": {
         "task_feature_lengths": LENGTHS, "batch_size": 8}}, default=str))
-    (run / "metrics.jsonl").write_text("".join(json.dumps({"step": s, "loss": l, "tokens": 100}) + "\n"
-                                               for s, l in losses) + '{"step": 9, "lo')  # a killed writer
-    (run / "eval.jsonl").write_text("".join(json.dumps({"step": s, "loss": l, "accuracy": 0.1, "train_seconds": t})
-                                            + "\n" for s, l, t in evals))
+    (run / "metrics.jsonl").write_text("".join(json.dumps({"step": s, "loss": v, "tokens": 100}) + "\n"
+                                               for s, v in losses) + '{"step": 9, "lo')  # a killed writer
+    (run / "eval.jsonl").write_text("".join(json.dumps({"step": s, "loss": v, "accuracy": 0.1, "train_seconds": t})
+                                            + "\n" for s, v, t in evals))
     (run / "throughput.jsonl").write_text("".join(json.dumps(w) + "\n" for w in windows))
     (run / "train_end.json").write_text(json.dumps({"step": max(s for s, _ in losses), "ended_by": ended_by,
                                                     "train_seconds": 12.5, "compile_seconds": 3.0}))

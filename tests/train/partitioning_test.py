@@ -6,7 +6,8 @@ trainer_test (test_sharded_meshes_...).
 
 import pytest
 from flax import nnx
-from jax.sharding import AbstractMesh, PartitionSpec as P
+from jax.sharding import AbstractMesh
+from jax.sharding import PartitionSpec as P
 
 from t5scale.model.t5 import T5
 from t5scale.train.partitioning import MeshConfig, make_mesh, spec_for

@@ -16,8 +16,18 @@ import pytest
 
 from t5scale.train.checkpoints import IncompatibleCheckpointError
 from t5scale.train.trainer import NonFiniteLossError, TrainConfig
-from tests.train.run_training import (assert_resumed_from, committed_steps, emulated_hosts_dataset, finish, losses,
-                                      rerun, rows, run, start, wait_for)
+from tests.train.run_training import (
+    assert_resumed_from,
+    committed_steps,
+    emulated_hosts_dataset,
+    finish,
+    losses,
+    rerun,
+    rows,
+    run,
+    start,
+    wait_for,
+)
 
 
 @pytest.fixture(scope="module")
@@ -118,7 +128,7 @@ def test_a_checkpoint_that_does_not_fit_the_run_stops_it_with_one_line_and_write
         run(str(tmp_path), 10)
     message = str(error.value)
     assert "\n" not in message and isinstance(error.value, ValueError)  # the CLI prints it as one line
-    assert f"checkpoint_8 does not fit this run: it has" in message and differs in message
+    assert "checkpoint_8 does not fit this run: it has" in message and differs in message
     assert setting in message and "--gin.train_config.restart_from_scratch=True" in message
     assert snapshot(tmp_path) == before
 
