@@ -14,7 +14,8 @@ from t5scale.cli import common
 DEMO_SHAPES = ("tiny", "small", "small-el16", "small-nl16", "base", "base-nl36", "large", "v1_1-base")
 
 
-@common.command("demo", "shape table; pretrain, fine-tune, eval a tiny shape here")
+@common.command("demo", "the whole programme on this machine: shapes, pretrain, sweep, fine-tune, eval, compress, "
+                "release and load")
 def demo(args, gin_files, bindings) -> None:
     print("t5scale demo 1/6: named shapes (params and training FLOPs from the config alone)\n")
     common.run_command("shapes", names=list(DEMO_SHAPES), json=False)
