@@ -206,7 +206,10 @@ def test_ctrl_c_says_how_to_delete_the_slice(fake):
     launcher = subprocess.Popen(["bash", str(LAUNCH / "tpu_pod.sh"), *GOOD, "--project", "p", "--log-dir",
                                  str(tmp_path / "logs"), "--", "true"],
                                 env={**os.environ, **env, "FAKE_CREATE_S": "3"}, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True, start_new_session=True)
+                                stderr=subprocess.PIPE, text=True, start_new_session=True,
+                                # a shell ignores a signal it was started with ignored (as every job started
+                                # with & in a script is for SIGINT): give the launcher the default
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 30
     while not (tmp_path / "calls").exists() or "create" not in (tmp_path / "calls").read_text():
         assert time.time() < deadline and launcher.poll() is None
