@@ -11,6 +11,7 @@ Quality: validation cross-entropy per target token in nats; negative log-perplex
 
 from __future__ import annotations
 
+import bisect
 import csv
 import io
 import json
@@ -98,6 +99,13 @@ def window_timing(windows: list[dict]) -> dict:
             "train_seconds": total, "compile_seconds": compile_seconds, "cumulative": cumulative}
 
 
+def seconds_at(cumulative: dict[int, float], step: int) -> float | None:
+    """Training seconds at the last logged window ending at or before `step` (an eval between windows)."""
+    logged = sorted(cumulative)
+    i = bisect.bisect_right(logged, step)
+    return cumulative[logged[i - 1]] if i else None
+
+
 def downstream_scores(run_dir: epath.Path) -> dict[str, float]:
     """`task/metric` (and benchmark averages) of every eval metrics.json below the run, the best per column
     when several checkpoints were evaluated."""
@@ -176,9 +184,11 @@ def curves(sweep_dir: str) -> dict[str, dict[str, list[float]]]:
         lengths = config["data"]["task_feature_lengths"]
         per_step = config["data"]["batch_size"] * training_flops(
             ModelConfig.from_dict(config["model"]), lengths["inputs"], lengths["targets"]).total
-        seconds = window_timing(read_jsonl(path.parent / "throughput.jsonl"))["cumulative"]
+        cumulative = window_timing(read_jsonl(path.parent / "throughput.jsonl"))["cumulative"]
+
         out[path.parent.name] = {"step": [r["step"] for r in rows], "loss": [r["loss"] for r in rows],
-                                 "train_seconds": [r.get("train_seconds", seconds.get(r["step"])) for r in rows],
+                                 "train_seconds": [r.get("train_seconds", seconds_at(cumulative, r["step"]))
+                                                   for r in rows],
                                  "flops": [r["step"] * per_step for r in rows]}
     return out
 

@@ -79,3 +79,9 @@ def test_an_empty_or_missing_sweep_dir_is_a_clear_error(tmp_path):
         results.sweep_rows(str(tmp_path / "nope"))
     with pytest.raises(FileNotFoundError, match="No runs in"):
         results.sweep_rows(str(tmp_path))
+
+
+def test_training_seconds_of_an_eval_between_logged_windows_come_from_the_window_before():
+    assert results.seconds_at({10: 2.0, 20: 4.5}, 15) == 2.0
+    assert results.seconds_at({10: 2.0, 20: 4.5}, 20) == 4.5
+    assert results.seconds_at({10: 2.0}, 5) is None
