@@ -1,7 +1,7 @@
 """Compression (Train Large, Then Compress): quantize and prune a trained T5, store it small, measure accuracy
-against bytes.
+against bytes. Which parameters are compressed (the one table) is `t5scale.model.kernels`: gradual pruning in
+the trainer uses it too.
 
-    kernels      which parameters are compressed, their group and contracting axes (the one table)
     quantize     symmetric quantization of one array (qwix's array-level quantize), and back
     prune        one-shot magnitude masks, per matrix or global
     packing      low-bit codes and masks into bytes, and back

@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from t5scale.compress.kernels import kernel_spec
+from t5scale.model.kernels import kernel_spec
 from t5scale.compress.quantize import quantize
 from t5scale.model.layout import LAYERS_KEY
 
@@ -144,7 +144,7 @@ def keep_weights_narrow(model: nnx.Module, mode: str = INT8) -> nnx.Module:
         else:
             continue
         if spec is None:
-            raise ValueError(f"{'/'.join(names)} is not in t5scale.compress.kernels' table.")
+            raise ValueError(f"{'/'.join(names)} is not in t5scale.model.kernels' table.")
         stacked = LAYERS_KEY in names and model.cfg.scan_layers
         swaps.append((path, make(module, *_narrow(weight, spec.contracting_axes, stacked, mode), mode)))
     for path, replacement in swaps:

@@ -5,21 +5,17 @@
 
 Exactly round(sparsity * size) weights are pruned (ties in |w| broken by position, so the count is exact even on
 repeated values). Matrices are whatever the caller passes: compression passes each layer's kernel on its own, so a
-scanned stack is never thresholded as one matrix unless the scope is global. Gradual pruning during fine-tuning
-(a cubic schedule in the trainer) is not built yet.
+scanned stack is never thresholded as one matrix unless the scope is global. Gradual pruning while training (the
+cubic schedule) is `t5scale.train.pruning`, which counts the same way.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-SCOPES = ("matrix", "global")
+from t5scale.train.pruning import SCOPES, check_scope, check_sparsity
 
-
-def check_sparsity(sparsity: float) -> float:
-    if not isinstance(sparsity, (int, float)) or not 0 <= sparsity < 1:
-        raise ValueError(f"Sparsity {sparsity!r} is outside [0, 1): it is the fraction of weights set to zero.")
-    return float(sparsity)
+__all__ = ["SCOPES", "check_sparsity", "magnitude_masks"]
 
 
 def _smallest(magnitudes: np.ndarray, count: int) -> np.ndarray:
@@ -33,8 +29,7 @@ def magnitude_masks(weights: dict[str, np.ndarray], sparsity: float, *, scope: s
                     ) -> dict[str, np.ndarray]:
     """{name: bool mask of the weight's shape, True where the weight is kept}."""
     check_sparsity(sparsity)
-    if scope not in SCOPES:
-        raise ValueError(f"Unknown pruning scope {scope!r}; choose among {', '.join(SCOPES)}.")
+    check_scope(scope)
     if scope == "matrix":
         return {name: ~_smallest(np.abs(w).reshape(-1), round(sparsity * w.size)).reshape(w.shape)
                 for name, w in weights.items()}

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 
-from t5scale.compress.kernels import GROUPS, check_groups
-from t5scale.compress.prune import SCOPES, check_sparsity
+from t5scale.model.kernels import GROUPS, check_groups
+from t5scale.train.pruning import check_scope, check_sparsity
 from t5scale.compress.quantize import BITS, GRANULARITIES
 
 FLOAT = "float"
@@ -35,8 +35,7 @@ class Setting:
             raise ValueError(f"Unknown granularity {self.granularity!r}; choose among {', '.join(GRANULARITIES)}.")
         if (self.granularity == "group") != (self.group_size is not None):
             raise ValueError("group_size goes with granularity=group, and granularity=group needs a group_size.")
-        if self.prune not in SCOPES:
-            raise ValueError(f"Unknown pruning scope {self.prune!r}; choose among {', '.join(SCOPES)}.")
+        check_scope(self.prune)
 
     @property
     def name(self) -> str:

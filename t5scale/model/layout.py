@@ -67,7 +67,7 @@ def _few(names: list[str]) -> str:
     return f"{names[:5]}{'...' if len(names) > 5 else ''}"
 
 
-def _key_names(path) -> tuple[str, ...]:
+def key_names(path) -> tuple[str, ...]:
     return tuple(str(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k)))) for k in path)
 
 
@@ -92,12 +92,12 @@ def convert_layer_layout(tree, target):
 
     source = {}
     for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
-        stacked, layer = _stacked_name(_key_names(path))
+        stacked, layer = _stacked_name(key_names(path))
         source.setdefault(stacked, {})[layer] = leaf
     paths, treedef = jax.tree_util.tree_flatten_with_path(target)
     leaves = []
     for path, want in paths:
-        stacked, layer = _stacked_name(_key_names(path))
+        stacked, layer = _stacked_name(key_names(path))
         found = source[stacked]
         if layer is None and None not in found:  # stack the per-layer arrays
             parts = [found[i] for i in range(len(found))]

@@ -2,7 +2,7 @@
 
 import pytest
 
-from t5scale.compress.kernels import GROUPS
+from t5scale.model.kernels import GROUPS
 from t5scale.compress.settings import Setting, parse_setting
 
 

@@ -1,4 +1,5 @@
-"""Which parameters compression touches, the group each belongs to, and the axes each contracts: the one table.
+"""Which parameters compression and pruning touch (the matmul kernels), the group each belongs to, and the axes
+each contracts: the one table (t5scale.compress and the trainer's gradual pruning both read it).
 
 Names are the flat, layout-independent ones of `t5scale.model.layout` (`decoder/layers/2/mlp/wo/kernel`): a scanned
 stack is split into its layers before anything is compressed, so every scale and every per-matrix pruning threshold
