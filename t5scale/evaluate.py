@@ -24,6 +24,7 @@ from t5scale.compress.checkpoint import load_any
 from t5scale.data import metrics as metrics_lib
 from t5scale.data.tasks import get_task_or_mixture
 from t5scale.model import decoding
+from t5scale.staging import StagedDir
 
 # T5's benchmark scores; each is reported only when every task it averages was evaluated.
 BENCHMARKS = {"glue_average": metrics_lib.GLUE_AVERAGE_TASKS,
@@ -81,10 +82,12 @@ def evaluate(cfg: EvalConfig) -> dict:
     model, checkpoint, step = load_any(cfg.checkpoint_path)
     output_dir = epath.Path(cfg.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
+    # seqio's logger writes through tf.io.gfile: for gs:// into a local folder, copied up with epath at the end.
+    logs = StagedDir(cfg.output_dir, download=("*-metrics.jsonl",))  # it rewrites these with the new step added
     evaluator = seqio.Evaluator(
         cfg.mixture_or_task_name, feature_converter=seqio.EncDecFeatureConverter(pack=False), eval_split=cfg.split,
         sequence_length=cfg.task_feature_lengths, num_examples=cfg.num_examples, logger_cls=[seqio.JSONLogger],
-        log_dir=cfg.output_dir, async_compute_metrics=False)
+        log_dir=logs.local, async_compute_metrics=False)
     if not evaluator.eval_tasks:
         raise ValueError(f"No task of {cfg.mixture_or_task_name!r} has a {cfg.split!r} split and metrics.")
     all_metrics, _ = evaluator.evaluate(compute_metrics=True, step=step, predict_fn=make_predict_fn(model, cfg),
@@ -93,6 +96,7 @@ def evaluate(cfg: EvalConfig) -> dict:
              for task, values in sorted(all_metrics.result().items())}
     summary = {"checkpoint": str(checkpoint), "step": step, "split": cfg.split, "tasks": tasks,
                "averages": benchmark_averages(tasks)}
+    logs.close()  # the predictions first: metrics.json says the evaluation is complete
     (output_dir / "metrics.json").write_text(json.dumps(summary, indent=1) + "\n")
     return summary
 
