@@ -21,8 +21,10 @@ from typing import Iterator, Mapping
 import numpy as np
 import seqio
 import tensorflow as tf
+from etils import epath
 
 from t5scale.data.tasks import get_task_or_mixture
+from t5scale.staging import StagedDir
 
 
 class DataNotFoundError(FileNotFoundError):
@@ -95,9 +97,13 @@ def _raise_if_tfds_data_missing(provider, cfg: DataConfig, error: Exception) -> 
 class BatchIterator:
     """Numpy batches from a tf.data pipeline, whose position can be saved and restored exactly.
 
+    The position is a tf.train.Checkpoint, `<path>.index` and `<path>.data-*`. TensorFlow writes it locally; for a
+    gs:// path it is written to a local folder and copied with etils.epath (t5scale.staging), and copied back down
+    to restore.
+
     A pipeline with Python code in it (`tf.py_function`, `from_generator`) has no savable position: saving then
     writes `<path>.not_saved` with the reason, and restoring from it starts the data again from the beginning.
-    Both warn.
+    Both warn. Any other failure to save is an OSError (the checkpointer reports it; nothing is committed).
     """
 
     def __init__(self, dataset: tf.data.Dataset):
@@ -113,27 +119,51 @@ class BatchIterator:
 
     def save(self, path: str) -> str:
         """Write the position (and any shuffle buffer) under the prefix `path`; returns the written path."""
+        folder, name = os.path.split(path)
+        staged = StagedDir(folder)
+        epath.Path(staged.local).mkdir(parents=True, exist_ok=True)
         if self._savable:
             try:
-                return self._checkpoint.write(path)
-            except tf.errors.FailedPreconditionError as error:  # "PyFunc is stateful"
+                self._checkpoint.write(os.path.join(staged.local, name))
+                staged.close()
+                return path
+            except tf.errors.OpError as error:
+                if not _is_stateful_pipeline(error):
+                    staged.close(upload=False)
+                    raise OSError(f"Saving the input pipeline's position to {path} failed: "
+                                  f"{_first_line(error)}") from error
                 self._savable = False
-                self._reason = error.message.splitlines()[0].split("}} ")[-1]
+                self._reason = _first_line(error)
                 logging.warning("The input pipeline's position cannot be saved (%s): a restart will read the data "
                                 "from its beginning.", self._reason)
-        tf.io.gfile.makedirs(os.path.dirname(path))
-        with tf.io.gfile.GFile(path + ".not_saved", "w") as f:
-            f.write(self._reason + "\n")
+        staged.close(upload=False)
+        epath.Path(folder).mkdir(parents=True, exist_ok=True)
+        epath.Path(path + ".not_saved").write_text(self._reason + "\n")
         return path + ".not_saved"
 
     def restore(self, path: str) -> None:
-        if tf.io.gfile.exists(path + ".not_saved"):
+        if epath.Path(path + ".not_saved").exists():
             logging.warning("No input-pipeline position was saved at %s (a pipeline with Python code): reading the "
                             "data from its beginning.", path)
             return
-        if not tf.io.gfile.exists(path + ".index"):
+        if not epath.Path(path + ".index").exists():
             raise FileNotFoundError(f"No data-iterator state at {path} (expected {path}.index).")
-        self._checkpoint.read(path).assert_consumed()
+        folder, name = os.path.split(path)
+        staged = StagedDir(folder, download=(f"{name}.index", f"{name}.data-*"))
+        try:
+            self._checkpoint.read(os.path.join(staged.local, name)).assert_consumed()
+        finally:
+            staged.close(upload=False)
+
+
+def _is_stateful_pipeline(error: tf.errors.OpError) -> bool:
+    """The one failure that means "this pipeline has no savable position": tf.data refuses to serialize a
+    stateful op (a Python function). Others -- a full disk, a storage error -- are failures to save."""
+    return isinstance(error, tf.errors.FailedPreconditionError) and " is stateful" in error.message
+
+
+def _first_line(error: tf.errors.OpError) -> str:
+    return error.message.splitlines()[0].split("}} ")[-1]
 
 
 def make_batch_iterator(cfg: DataConfig, shard_index: int = 0, num_shards: int = 1) -> BatchIterator:

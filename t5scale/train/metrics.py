@@ -8,6 +8,10 @@ Plain files, so a study can rebuild its table from run directories alone (`t5sca
 - `run_info.json`: devices, process count, library versions and the git commit, for provenance.
 A resumed run appends again from its checkpoint's step; readers keep the last entry of each step.
 Step metrics stay on the device until `flush`, so logging does not add a host sync to every step.
+
+TensorBoard's event files are written by TensorFlow (clu -> tf.summary). For a gs:// MODEL_DIR they are written to a
+local folder and copied into MODEL_DIR with etils.epath (`EventFiles`), at most every `UPLOAD_EVERY_S` seconds and
+at close: a killed run loses at most that much of its TensorBoard curves (the jsonl files lose nothing logged).
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from __future__ import annotations
 import importlib.metadata
 import json
 import math
+import logging
 import subprocess
 import time
 
@@ -25,9 +30,15 @@ from clu import metric_writers
 from etils import epath
 from tqdm import tqdm
 
+from t5scale.staging import StagedDir
+
 # Dense bf16 matmul peaks per device (vendor figures), for MFU.
 PEAK_FLOPS = {"TPU v4": 275e12, "TPU v5 lite": 197e12, "TPU v5e": 197e12, "TPU v5p": 459e12, "TPU v6 lite": 918e12,
               "NVIDIA H100": 989e12, "NVIDIA H200": 989e12, "NVIDIA A100": 312e12}
+
+
+UPLOAD_EVERY_S = 30.0  # a remote MODEL_DIR's TensorBoard files
+ROLL_AT_BYTES = 4 << 20  # a new event file then, so that an upload rewrites at most this much
 
 
 class NonFiniteLossError(RuntimeError):
@@ -64,12 +75,57 @@ def peak_flops(configured_per_device: float | None) -> tuple[float | None, str]:
     return None, f"unknown for {kind}; set peak_flops_per_device"
 
 
+class EventFiles:
+    """clu's default writer (the log, and TensorBoard event files via tf.summary) for `model_dir`; for a remote one
+    the event files go to a local folder whose new or grown files are copied up by `write_scalars` (every
+    `UPLOAD_EVERY_S`), `flush` and `close`. An upload that fails is retried at the next one; one that fails at close
+    is logged with the local folder that keeps the files (it never stops the trainer from closing its checkpoints)."""
+
+    def __init__(self, model_dir: str):
+        self._staged = StagedDir(model_dir)
+        self._writer = self._new_writer()
+        self._uploaded_at = -float("inf")
+
+    def _new_writer(self):
+        folder = epath.Path(self._staged.local)
+        self._earlier_files = set(folder.iterdir()) if folder.exists() else set()
+        return metric_writers.create_default_writer(self._staged.local, asynchronous=False)
+
+    def write_scalars(self, step: int, scalars: dict) -> None:
+        self._writer.write_scalars(step, scalars)
+        if self._staged.remote and time.monotonic() - self._uploaded_at >= UPLOAD_EVERY_S:
+            try:
+                self.flush()
+            except OSError as error:
+                logging.warning("TensorBoard files not copied to %s yet (%s); retrying later.",
+                                self._staged.destination, error)
+
+    def flush(self) -> None:
+        self._writer.flush()
+        if self._staged.remote and self._current_file_bytes() >= ROLL_AT_BYTES:
+            self._writer.close()  # that file is complete: uploaded once more below, then never again
+            self._writer = self._new_writer()
+        self._uploaded_at = time.monotonic()
+        self._staged.upload()
+
+    def _current_file_bytes(self) -> int:
+        current = set(epath.Path(self._staged.local).iterdir()) - self._earlier_files
+        return max((p.stat().length for p in current if p.is_file()), default=0)
+
+    def close(self) -> None:
+        self._writer.close()
+        try:
+            self._staged.close()
+        except OSError:
+            pass  # logged by StagedDir.close, which keeps the local files
+
+
 class MetricsLogger:
     def __init__(self, model_dir: str, *, flops_per_step: float, learning_rate_fn, peak_flops: float | None,
                  total_steps: int, start_step: int, progress_bar: bool):
         self._main = jax.process_index() == 0
-        self._writer = metric_writers.create_default_writer(model_dir, just_logging=not self._main,
-                                                            asynchronous=False)
+        self._writer = EventFiles(model_dir) if self._main else metric_writers.create_default_writer(
+            just_logging=True, asynchronous=False)
         self._dir = epath.Path(model_dir)
         self._jsonl = self._dir / "metrics.jsonl"
         self._compiling = True  # the first window after a start includes compiling the step
