@@ -14,9 +14,9 @@ import json
 
 from t5scale import config as config_lib
 from t5scale.cli import common
+from t5scale.sharding import RULE_SETS
 from t5scale.train import plan as plan_lib
 from t5scale.train.partitioning import MeshConfig
-from t5scale.sharding import RULE_SETS
 
 
 def parse_mesh(text: str, devices: int | None) -> tuple[int, int]:
