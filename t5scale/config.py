@@ -9,7 +9,9 @@ with 8 heads and 32 layers in each stack. The operators are
     KV        d_kv, the size of one attention head (attention inner dim = NH * KV, need not equal DM)
     NH        number of heads
     FF        d_ff, the MLP hidden size
-    sh / skv  variants: shared heads / tied key-value projections
+    sh / skv  variants, as Mesh TF built the released checkpoints (docs/convert.md gives the sources):
+              sh  the encoder reuses the decoder's parameters (t5's models/bi_v1_shared.gin), skv one projection
+              serves as key and value (Mesh TF's `SelfAttention.shared_kv`); shkv is both
 
 The T5 v1.0 sizes (`tiny` ... `xxl`, the architecture of every released Scale Efficiently checkpoint: ReLU MLP,
 embedding tied to the output layer) take no prefix; the T5 v1.1 sizes of t5x (gated-GELU, untied output layer)
@@ -72,7 +74,9 @@ class ModelConfig:
     vocab_size: int = T5_VOCAB_SIZE
     activation: Activation = Activation.RELU
     tie_embeddings: bool = True  # v1.0: output layer = embedding^T, logits scaled by DM^-0.5
-    shared_heads: bool = False  # `sh` variant
+    # `sh` variant: the encoder has no parameters of its own and runs the decoder's (self-attention, MLP, norms,
+    # relative-bias table). The field keeps the name "sh" was first read as ("shared heads").
+    shared_heads: bool = False
     tied_kv: bool = False  # `skv` variant: one projection serves as both key and value
     relative_buckets: int = 32
     relative_max_distance: int = 128
@@ -116,12 +120,12 @@ class ModelConfig:
         return self.num_heads * self.d_kv
 
     def require_buildable(self) -> None:
-        """Raise if the shape names a variant t5scale resolves but cannot build yet."""
-        if self.shared_heads:
+        """Raise if the shape is one t5scale resolves but cannot build."""
+        if self.shared_heads and self.num_encoder_layers != self.num_decoder_layers:
             raise NotImplementedError(
-                f"Shape {self.name or 'ModelConfig'!r} uses the 'sh' (shared heads) variant, which t5scale resolves "
-                "but does not build: its exact definition (and so its parameter count) is not pinned down by a "
-                "reference. Use the shape without '-sh'."
+                f"Shape {self.name or 'ModelConfig'!r} uses the 'sh' variant (the encoder runs the decoder's layers) "
+                f"with EL={self.num_encoder_layers} != DL={self.num_decoder_layers}; t5scale builds 'sh' with EL == "
+                "DL only (every released sh shape has them equal). Set NL instead of EL/DL."
             )
 
     @property
@@ -203,7 +207,7 @@ class ReleasedShape:
 
     name: str
     operators: dict[str, int]
-    params_m: float | None  # None for the sh/skv variants, whose count the table does not give
+    params_m: float | None  # for sh/skv/shkv derived (see the table's header), not published
     variant: str
     release_folder: str
 

@@ -116,8 +116,9 @@ def test_config_is_frozen():
         shape("small").d_model = 3
 
 
-def test_shared_heads_variant_resolves_but_refuses_to_build():
+def test_sh_variant_builds_with_equal_stacks_only():
     cfg = shape("base-sh")
     assert cfg.shared_heads
-    with pytest.raises(NotImplementedError, match="'sh'"):
-        count_params(cfg)
+    assert count_params(cfg).encoder == 0  # the encoder runs the decoder's parameters
+    with pytest.raises(NotImplementedError, match="'sh' variant .* EL=12 != DL=2"):
+        count_params(shape("base-sh-dl2"))

@@ -36,7 +36,8 @@ def count_params(cfg: ModelConfig) -> ParamCount:
     decoder_layer = 2 * attention + mlp + 3 * d
     return ParamCount(
         embedding=cfg.vocab_size * d,
-        encoder=cfg.num_encoder_layers * encoder_layer + relpos + d,
+        # sh: the encoder runs the decoder's parameters and has none of its own
+        encoder=0 if cfg.shared_heads else cfg.num_encoder_layers * encoder_layer + relpos + d,
         decoder=cfg.num_decoder_layers * decoder_layer + relpos + d,
         logits=0 if cfg.tie_embeddings else d * cfg.vocab_size,
     )

@@ -61,12 +61,13 @@ def relative_position_buckets(query_len: int, key_len: int, *, bidirectional: bo
 class RelativePositionBias(nnx.Module):
     """One learned scalar per (head, bucket), shared by every layer of a stack; none in cross-attention."""
 
-    def __init__(self, cfg: ModelConfig, *, bidirectional: bool, rngs: nnx.Rngs):
+    def __init__(self, cfg: ModelConfig, *, bidirectional: bool, rngs: nnx.Rngs, table: nnx.Param | None = None):
+        """`table`: another stack's rel_embedding to read through (the `sh` variant shares it), else a new one."""
         self.bidirectional = bidirectional
         self.num_buckets = cfg.relative_buckets
         self.max_distance = cfg.relative_max_distance
         init = jax.nn.initializers.variance_scaling(1.0, "fan_avg", "uniform")
-        self.rel_embedding = nnx.Param(
+        self.rel_embedding = table if table is not None else nnx.Param(
             init(rngs.params(), (cfg.num_heads, cfg.relative_buckets), cfg.param_dtype),
             **logical(HEADS, RELPOS_BUCKETS),
         )

@@ -116,6 +116,14 @@ class DecoderBlock(nnx.Module):
             x = x + drop(self.encoder_decoder_attention.attend(q, cross_k, cross_v, cross_bias, rngs))
         return x + drop(self.mlp(self.pre_mlp_layer_norm(x), rngs)), None if cache is None else new_kv
 
+    def encoder_layer(self, x: jax.Array, bias: jax.Array, rngs: nnx.Rngs | None) -> jax.Array:
+        """This block used as an encoder layer (the `sh` variant): its self-attention and MLP with their norms,
+        bidirectional `bias`, no cross-attention."""
+        drop = lambda y: self.dropout(y, deterministic=rngs is None, rngs=rngs)  # noqa: E731
+        h = self.pre_self_attention_layer_norm(x)
+        x = x + drop(self.self_attention(h, h, bias, rngs))
+        return x + drop(self.mlp(self.pre_mlp_layer_norm(x), rngs))
+
 
 def _make_blocks(block_type: type[nnx.Module], cfg: ModelConfig, num_layers: int, rngs: nnx.Rngs):
     if not cfg.scan_layers:
@@ -160,11 +168,21 @@ def _same_segment(query_segments: jax.Array | None, key_segments: jax.Array | No
 
 
 class Encoder(nnx.Module):
-    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs, shared_with: Decoder | None = None):
+        """`shared_with`: the `sh` variant (Mesh TF's bi_v1_shared.gin builds the encoder in the decoder's variable
+        scope): this encoder has no parameters of its own and runs the decoder's blocks (self-attention and MLP),
+        relative-bias table (with bidirectional buckets) and final norm."""
         self.cfg = cfg
-        self.relpos_bias = RelativePositionBias(cfg, bidirectional=True, rngs=rngs)
-        self.layers = _make_blocks(EncoderBlock, cfg, cfg.num_encoder_layers, rngs)
-        self.encoder_norm = make_norm(cfg, rngs)
+        if shared_with is None:
+            self.relpos_bias = RelativePositionBias(cfg, bidirectional=True, rngs=rngs)
+            self.layers = _make_blocks(EncoderBlock, cfg, cfg.num_encoder_layers, rngs)
+            self.encoder_norm = make_norm(cfg, rngs)
+        else:
+            self.relpos_bias = RelativePositionBias(cfg, bidirectional=True, rngs=rngs,
+                                                    table=shared_with.relpos_bias.rel_embedding)
+            self.layers = shared_with.layers
+            self.encoder_norm = shared_with.decoder_norm
+        self.shared = shared_with is not None
         self.dropout = nnx.Dropout(cfg.dropout_rate)
 
     def __call__(self, embedded: jax.Array, tokens: jax.Array, segment_ids: jax.Array | None,
@@ -175,7 +193,8 @@ class Encoder(nnx.Module):
         bias = self.relpos_bias(seq_len, seq_len, tokens.shape[0]) + mask_to_bias(mask)  # [B, n, S, S]
 
         def body(block, x, key, bias):
-            return block(x, bias, _layer_rngs(key)), None
+            layer = block.encoder_layer if self.shared else block
+            return layer(x, bias, _layer_rngs(key)), None
 
         x = self.dropout(embedded, deterministic=rngs is None, rngs=rngs)
         x, _ = _run_blocks(self.layers, self.cfg, self.cfg.num_encoder_layers, body, x,
@@ -225,8 +244,12 @@ class T5(nnx.Module):
             cfg.vocab_size, cfg.d_model, dtype=cfg.dtype, param_dtype=cfg.param_dtype, rngs=rngs,
             embedding_init=jax.nn.initializers.normal(1.0), embedding_metadata=logical(VOCAB, EMBED),
         )
-        self.encoder = Encoder(cfg, rngs=rngs)
-        self.decoder = Decoder(cfg, rngs=rngs)
+        if cfg.shared_heads:
+            self.decoder = Decoder(cfg, rngs=rngs)
+            self.encoder = Encoder(cfg, rngs=rngs, shared_with=self.decoder)
+        else:
+            self.encoder = Encoder(cfg, rngs=rngs)
+            self.decoder = Decoder(cfg, rngs=rngs)
         if not cfg.tie_embeddings:
             self.logits_dense = nnx.Einsum(
                 "btd,dv->btv", (cfg.d_model, cfg.vocab_size), dtype=cfg.dtype, param_dtype=cfg.param_dtype,
