@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
+import pathlib
 import shutil
 import tempfile
 import weakref
@@ -69,15 +70,13 @@ class StagedDir:
         if not self.remote:
             return []
         copied = []
-        for local_file in sorted(epath.Path(self.local).rglob("*")):
-            if not local_file.is_file():
-                continue
-            name = os.path.relpath(local_file, self.local)
+        for local_file in sorted(p for p in pathlib.Path(self.local).rglob("*") if p.is_file()):
+            name = local_file.relative_to(self.local).as_posix()
             signature = _signature(local_file)
             if self._uploaded.get(name) == signature:
                 continue
             (self.destination / name).parent.mkdir(parents=True, exist_ok=True)
-            copy_file(local_file, self.destination / name)
+            copy_file(epath.Path(local_file), self.destination / name)
             self._uploaded[name] = signature
             copied.append(name)
         return copied
@@ -97,6 +96,6 @@ class StagedDir:
         self._remove()
 
 
-def _signature(path: epath.Path) -> tuple[int, int]:
+def _signature(path: os.PathLike) -> tuple[int, int]:
     stat = os.stat(path)
     return stat.st_size, stat.st_mtime_ns
