@@ -19,7 +19,12 @@ import numpy as np
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 from t5scale.config import ModelConfig  # noqa: E402
-from tests.convert.mtf_checkpoints import operative_config, random_variables, write_checkpoint  # noqa: E402
+from tests.convert.mtf_checkpoints import (  # noqa: E402
+    operative_config,
+    random_variables,
+    transformers_logits,
+    write_checkpoint,
+)
 
 STEP = 524288
 VARIANTS = {
@@ -30,31 +35,6 @@ VARIANTS = {
              "rms_norm", "rms_norm"),
 }
 INPUT_LEN, TARGET_LEN, BATCH = 40, 21, 3  # > 16 and 32 exact-distance buckets
-
-
-def transformers_logits(cfg: ModelConfig, prefix: str, encoder_tokens, decoder_tokens):
-    import torch
-    import transformers
-    from transformers.models.t5.modeling_t5 import load_tf_weights_in_t5
-
-    config = transformers.T5Config(
-        vocab_size=cfg.vocab_size, d_model=cfg.d_model, d_kv=cfg.d_kv, num_heads=cfg.num_heads, d_ff=cfg.d_ff,
-        num_layers=cfg.num_encoder_layers, num_decoder_layers=cfg.num_decoder_layers, dropout_rate=0.0,
-        feed_forward_proj="gated-gelu" if cfg.is_gated else "relu", tie_word_embeddings=cfg.tie_embeddings,
-        decoder_start_token_id=0, pad_token_id=0, eos_token_id=1)
-    model = transformers.T5ForConditionalGeneration(config).eval()
-    with torch.no_grad():
-        for param in model.parameters():
-            param.fill_(float("nan"))
-    load_tf_weights_in_t5(model, config, prefix)
-    unfilled = [name for name, param in model.named_parameters() if torch.isnan(param).any()]
-    if unfilled:
-        raise RuntimeError(f"transformers' loader left {unfilled} unfilled")
-    with torch.no_grad():
-        out = model(input_ids=torch.tensor(encoder_tokens, dtype=torch.long),
-                    attention_mask=torch.tensor(encoder_tokens > 0),
-                    decoder_input_ids=torch.tensor(decoder_tokens, dtype=torch.long))
-    return out.logits.numpy(), {"torch": torch.__version__, "transformers": transformers.__version__}
 
 
 def example_tokens(seed: int, vocab_size: int):

@@ -178,7 +178,8 @@ class _Reader:
     def __init__(self, prefix: str):
         from t5scale.data import tf  # TensorFlow, imported with the accelerators hidden from it
 
-        self.prefix, self._errors = prefix, tf.errors.OpError
+        # TensorFlow reports a cut file as an OpError (DataLossError, ...) or, reading past its end, an IndexError.
+        self.prefix, self._errors = prefix, (tf.errors.OpError, IndexError)
         try:
             self._reader = tf.train.load_checkpoint(prefix)
             self.shapes = self._reader.get_variable_to_shape_map()
