@@ -25,10 +25,11 @@ def _register_configurables() -> None:
     from t5scale.data.pipeline import DataConfig
     from t5scale.train.optim import OptimConfig
     from t5scale.train.partitioning import MeshConfig
+    from t5scale.train.pruning import PruningConfig
     from t5scale.train.trainer import TrainConfig
 
     for cls, name in ((DataConfig, "data_config"), (OptimConfig, "optim_config"), (MeshConfig, "mesh_config"),
-                      (TrainConfig, "train_config")):
+                      (TrainConfig, "train_config"), (PruningConfig, "pruning_config")):
         common.configurable(cls, name)
 
 

@@ -1,6 +1,8 @@
 """Checkpoints with orbax: `MODEL_DIR/checkpoint_<step>/` (t5x's naming), local or gs://.
 
-Each holds the train state (params, optimizer state, step) and a JSON record of the run's configuration. The data
+Each holds the train state (params, optimizer state, step) and a JSON record of the run's configuration; a run that
+prunes while it trains (t5scale.train.pruning) adds its masks as a third item, `masks`, so the checkpoints of runs
+that do not prune are what they always were. The data
 iterators' positions are written beside it by every process, `MODEL_DIR/data_state/checkpoint_<step>/process_<i>`,
 with a manifest of their file sizes, before the state is committed, so a committed checkpoint always has its data
 position.
@@ -9,7 +11,8 @@ Restoring tells two failures apart. A *torn* checkpoint (unreadable metadata or 
 not match its manifest) is skipped for the previous one; all processes agree on it. An *incompatible* one reads fine
 but does not fit the run (tree structure, shapes, dtypes, a data position the input pipeline cannot take): that
 stops the run with an `IncompatibleCheckpointError`, as does a MODEL_DIR whose checkpoints are all torn. A run never
-trains from scratch over existing checkpoints unless told to (`restart_from_scratch`).
+trains from scratch over existing checkpoints unless told to (`restart_from_scratch`). A pruning run whose checkpoint
+has no masks, or a run without pruning that meets one with masks, is incompatible too.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from etils import epath
 from jax.experimental import multihost_utils
 from orbax.checkpoint import checkpoint_managers
 
-STATE, RUN = "state", "run"
+STATE, RUN, MASKS = "state", "run", "masks"
 DATA_STATE = "data_state"
 START_OVER = "--gin.train_config.restart_from_scratch=True"
 
@@ -47,6 +50,8 @@ class Layout:
     name: str  # for the log, e.g. "scan_layers=False"
     abstract_state_fn: Callable[[], Any]  # ShapeDtypeStructs with shardings; built only when needed
     convert_fn: Callable[[Any], Any]  # restored state in this layout -> the run's state
+    abstract_masks_fn: Callable[[], Any] | None = None  # the same for a pruning run's masks
+    convert_masks_fn: Callable[[Any], Any] | None = None
 
 
 def _how_to_proceed(model_dir: epath.Path) -> str:
@@ -109,7 +114,8 @@ class Checkpointer:
             options=ocp.CheckpointManagerOptions(
                 step_prefix="checkpoint", create=True, enable_async_checkpointing=async_save,
                 preservation_policy=checkpoint_managers.AnyPreservationPolicy(policies)),
-            item_handlers={STATE: ocp.StandardCheckpointHandler(), RUN: ocp.JsonCheckpointHandler()})
+            item_handlers={STATE: ocp.StandardCheckpointHandler(), RUN: ocp.JsonCheckpointHandler(),
+                           MASKS: ocp.StandardCheckpointHandler()})
 
     def data_state_path(self, step: int, process: int | None = None) -> epath.Path:
         process = jax.process_index() if process is None else process
@@ -118,13 +124,16 @@ class Checkpointer:
     def steps(self) -> list[int]:
         return sorted(self._manager.all_steps())
 
-    def save(self, step: int, state: Any, run_record: dict, save_data_state: Callable[[str], Any]) -> None:
+    def save(self, step: int, state: Any, run_record: dict, save_data_state: Callable[[str], Any],
+             masks: Any = None) -> None:
         path = self.data_state_path(step)
+        items = {STATE: ocp.args.StandardSave(state), RUN: ocp.args.JsonSave(run_record)}
+        if masks is not None:
+            items[MASKS] = ocp.args.StandardSave(masks)
         try:
             save_data_state(str(path))
             _write_manifest(path)
-            self._manager.save(step, args=ocp.args.Composite(**{STATE: ocp.args.StandardSave(state),
-                                                                RUN: ocp.args.JsonSave(run_record)}))
+            self._manager.save(step, args=ocp.args.Composite(**items))
         except OSError as error:  # also a failed asynchronous write of the previous step, which orbax raises here
             raise self._write_error(f"checkpoint_{step}", error) from error
         self._saved = True
@@ -141,9 +150,11 @@ class Checkpointer:
                 path.rmtree(missing_ok=True)
 
     def restore_latest(self, abstract_state: Any, restore_data_state: Callable[[str], Any], *,
-                       layouts: tuple[Layout, ...] = (), settings_changed: str = "",
-                       derive_data_position: Callable[[int], Any] | None = None) -> tuple[int, Any, dict | None]:
-        """Newest restorable checkpoint as (step, state, run record); (0, None, None) when MODEL_DIR has none.
+                       abstract_masks: Any = None, layouts: tuple[Layout, ...] = (), settings_changed: str = "",
+                       derive_data_position: Callable[[int], Any] | None = None
+                       ) -> tuple[int, Any, dict | None, Any]:
+        """Newest restorable checkpoint as (step, state, run record, masks); (0, None, None, None) when MODEL_DIR has
+        none. A pruning run passes `abstract_masks` (its masks' ShapeDtypeStructs); masks is None otherwise.
 
         A torn checkpoint is skipped with a warning. One saved in one of `layouts` is converted. One that does not fit
         raises IncompatibleCheckpointError, naming `settings_changed` (from the run's config.json) as the likely
@@ -156,20 +167,21 @@ class Checkpointer:
             saved = self._saved_layout(step)
             if not _all_processes_agree(saved is not None):
                 continue
-            target, convert_fn = self._choose_layout(step, saved, abstract_state, layouts, settings_changed)
+            target, convert_fn, layout = self._choose_layout(step, saved, abstract_state, layouts, settings_changed)
+            masks_target, convert_masks = self._masks_target(step, abstract_masks, layout)
             if self._data_positions_fit(step, settings_changed, derive_data_position is not None):
-                restored = self._try_restore(step, target, restore_data_state)
+                restored = self._try_restore(step, target, masks_target, restore_data_state)
             else:
-                restored = self._try_restore(step, target, derive_data_position, data_files=False)
+                restored = self._try_restore(step, target, masks_target, derive_data_position, data_files=False)
             if _all_processes_agree(restored is not None):
-                state, record = restored
-                return step, convert_fn(state), record
+                state, record, masks = restored
+                return step, convert_fn(state), record, None if masks is None else convert_masks(masks)
         if steps:
             raise IncompatibleCheckpointError(
                 f"None of the checkpoints in {self.model_dir} (steps {steps}) can be restored: each is torn or "
                 f"corrupted (see the warnings above), and the run will not silently start from scratch over them. "
                 + _how_to_proceed(self.model_dir))
-        return 0, None, None
+        return 0, None, None, None
 
     def _saved_layout(self, step: int) -> dict | None:
         try:
@@ -185,7 +197,7 @@ class Checkpointer:
                        settings_changed: str):
         expected = _flat_layout(abstract_state)
         if saved == expected:
-            return abstract_state, lambda state: state
+            return abstract_state, lambda state: state, None
         for layout in layouts:
             other = layout.abstract_state_fn()
             if saved == _flat_layout(other):
@@ -197,12 +209,38 @@ class Checkpointer:
                         + _how_to_proceed(self.model_dir))
                 logging.warning("%s was saved with %s; converting its params and optimizer state to this run's "
                                 "layout.", self.model_dir / f"checkpoint_{step}", layout.name)
-                return other, layout.convert_fn
+                return other, layout.convert_fn, layout
         raise IncompatibleCheckpointError(
             f"{self.model_dir / f'checkpoint_{step}'} does not fit this run: it has "
             f"{describe_difference(saved, expected)}. "
             + (f"Settings changed since it was written: {settings_changed}. " if settings_changed else "")
             + _how_to_proceed(self.model_dir))
+
+    def _masks_target(self, step: int, abstract_masks: Any, layout: Layout | None):
+        """(what to restore the `masks` item into, its converter); (None, None) for a run without pruning. The
+        masks' presence must match the run's: pruning on without them, or off with them, is incompatible."""
+        checkpoint = self.model_dir / f"checkpoint_{step}"
+        has_masks = (checkpoint / MASKS).exists()
+        if abstract_masks is None and not has_masks:
+            return None, None
+        if abstract_masks is None or not has_masks:
+            raise IncompatibleCheckpointError(
+                f"{checkpoint} " + ("holds pruning masks (its run pruned while it trained) and this run does not "
+                                    "prune: training on would let the pruned weights grow back. "
+                                    if has_masks else
+                                    "has no pruning masks and this run prunes (train_config.pruning): its masks "
+                                    "cannot be recovered from the weights. ")
+                + _how_to_proceed(self.model_dir))
+        if layout is None:
+            target, convert = abstract_masks, lambda masks: masks
+        else:
+            target, convert = layout.abstract_masks_fn(), layout.convert_masks_fn
+        saved = _flat_layout(self._manager.item_metadata(step)[MASKS].tree)
+        if saved != _flat_layout(target):
+            raise IncompatibleCheckpointError(
+                f"The pruning masks in {checkpoint} do not fit this run (another choice of pruned groups?): they "
+                f"have {describe_difference(saved, _flat_layout(target))}. " + _how_to_proceed(self.model_dir))
+        return target, convert
 
     def _data_positions_fit(self, step: int, settings_changed: str, can_derive: bool) -> bool:
         root = self.model_dir / DATA_STATE / f"checkpoint_{step}"
@@ -221,16 +259,19 @@ class Checkpointer:
                 f"processes. " + (f"Settings changed: {settings_changed}. " if settings_changed else "")
                 + _how_to_proceed(self.model_dir))
 
-    def _try_restore(self, step: int, target: Any, restore_data_state: Callable[[str], Any], data_files=True):
-        """(state, record), or None for a torn checkpoint. `restore_data_state` gets this process's data-state
-        path, or with `data_files=False` the step."""
+    def _try_restore(self, step: int, target: Any, masks_target: Any, restore_data_state: Callable[[str], Any],
+                     data_files=True):
+        """(state, record, masks or None), or None for a torn checkpoint. `restore_data_state` gets this process's
+        data-state path, or with `data_files=False` the step."""
         path = self.data_state_path(step)
         if data_files and (problem := _manifest_problem(path)) is not None:
             self._warn_torn(step, problem)
             return None
+        items = {STATE: ocp.args.StandardRestore(target), RUN: ocp.args.JsonRestore()}
+        if masks_target is not None:
+            items[MASKS] = ocp.args.StandardRestore(masks_target)
         try:
-            restored = self._manager.restore(step, args=ocp.args.Composite(
-                **{STATE: ocp.args.StandardRestore(target), RUN: ocp.args.JsonRestore()}))
+            restored = self._manager.restore(step, args=ocp.args.Composite(**items))
         except Exception as error:  # noqa: BLE001 -- the layout fits (checked above): what remains is damage
             self._warn_torn(step, error)
             return None
@@ -241,7 +282,7 @@ class Checkpointer:
                 f"The data position saved at {path} does not fit this run's input pipeline "
                 f"({type(error).__name__}: {str(error).splitlines()[0][:200] if str(error) else ''}). "
                 + _how_to_proceed(self.model_dir)) from None
-        return restored[STATE], restored[RUN]
+        return restored[STATE], restored[RUN], restored[MASKS] if masks_target is not None else None
 
     def _warn_torn(self, step: int, error: Exception | str) -> None:
         reason = error if isinstance(error, str) else f"{type(error).__name__}: {str(error).splitlines()[0][:300]}" \

@@ -15,6 +15,8 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
+from t5scale.train.pruning import apply_masks
+
 Batch = dict[str, jax.Array]
 
 
@@ -52,7 +54,9 @@ def _split_microbatches(batch: Batch, microbatches: int) -> Batch:
 
 
 def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, *, z_loss: float,
-                    microbatches: int, dropout_seed: int) -> Callable[[TrainState, Batch], tuple[TrainState, dict]]:
+                    microbatches: int, dropout_seed: int) -> Callable[..., tuple[TrainState, dict]]:
+    """train_step(state, batch, masks=None): with a pruning run's masks, pruned weights are set back to zero after
+    the update (so they stay exactly zero)."""
     def sums_and_grads(params, batch, rng):
         def loss_fn(params):
             sums = cross_entropy(model_logits(nnx.merge(graphdef, params), batch, rng),
@@ -61,7 +65,7 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, *,
 
         return jax.grad(loss_fn, has_aux=True)(params)
 
-    def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, dict]:
+    def train_step(state: TrainState, batch: Batch, masks: Any = None) -> tuple[TrainState, dict]:
         # The dropout key depends on the step alone, so a resumed run draws the same masks.
         rng = jax.random.fold_in(jax.random.key(dropout_seed), state.step)
         if microbatches == 1:
@@ -81,6 +85,8 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, *,
         grads = jax.tree.map(lambda g: g / tokens, grads)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
+        if masks is not None:
+            params = apply_masks(params, masks)
         metrics = {"loss": sums["loss"] / tokens, "z_loss": sums["z_loss"] / tokens,
                    "accuracy": sums["correct"] / tokens, "tokens": sums["tokens"],
                    "grad_norm": optax.global_norm(grads)}

@@ -9,6 +9,9 @@ together at a step boundary, so all save the same step. A rerun of the same comm
 checkpoint, data position included, and reproduces the uninterrupted run; one saved with the other `scan_layers`
 layout is converted. A checkpoint that does not fit the run stops it (IncompatibleCheckpointError) before anything
 is written: it never trains from scratch over existing checkpoints unless `restart_from_scratch` says so.
+
+With `pruning` set (t5scale.train.pruning), the run prunes while it trains: masks follow the cubic schedule, are
+applied after every update and are checkpointed as their own item, so a resumed run continues the same masks.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import numpy as np
 from etils import epath
 from flax import nnx
 from jax.experimental import multihost_utils
+from jax.sharding import NamedSharding, PartitionSpec
 
 from t5scale.config import ModelConfig
 from t5scale.data.pipeline import BatchIterator, DataConfig, make_dataset
@@ -46,7 +50,9 @@ from t5scale.train.checkpoints import (
 )
 from t5scale.train.metrics import NonFiniteLossError  # noqa: F401  (re-exported: callers catch it here)
 from t5scale.train.optim import OptimConfig, make_learning_rate_fn, make_optimizer
+from t5scale.train import pruning as pruning_lib
 from t5scale.train.partitioning import MeshConfig, batch_sharding, make_mesh, param_shardings
+from t5scale.train.pruning import PruningConfig
 from t5scale.train.step import TrainState, make_eval_step, make_train_step
 
 # Fields that define the network; a resumed run must match the checkpoint on all of them.
@@ -77,6 +83,7 @@ class TrainConfig:
     # When MODEL_DIR's checkpoints cannot be resumed by this run: delete them and start at step 0 (a run that can
     # resume them still does, so a relaunch of the same command does not start over again).
     restart_from_scratch: bool = False
+    pruning: PruningConfig | None = None  # gradual magnitude pruning while training (None: dense)
 
     def __post_init__(self):
         if self.train_steps < 1 or self.save_every < 1 or self.log_every < 1 or self.microbatches < 1:
@@ -168,11 +175,25 @@ def _make_init_fn(model_cfg: ModelConfig, tx, seed: int, mesh, rules: str):
     return jax.jit(init_state, out_shardings=TrainState(None, param_shardings(abstract_params, mesh, rules), None))
 
 
-def _other_layer_layout(model_cfg: ModelConfig, tx, seed: int, mesh, rules: str, abstract_state) -> Layout:
+def _abstract_masks(pruning: PruningConfig, abstract_params, mesh):
+    """The masks' ShapeDtypeStructs: placed like their params, the shape-() placeholders replicated."""
+    masks = jax.eval_shape(functools.partial(pruning_lib.initial_masks, cfg=pruning), abstract_params)
+    replicated = NamedSharding(mesh, PartitionSpec())
+    return jax.tree.map(lambda m, p: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=p.sharding if m.ndim else
+                                                          replicated), masks, abstract_params)
+
+
+def _shardings(abstract):
+    return jax.tree.map(lambda x: x.sharding, abstract)
+
+
+def _other_layer_layout(model_cfg: ModelConfig, tx, seed: int, mesh, rules: str, abstract_state,
+                        abstract_masks, pruning: PruningConfig | None) -> Layout:
     """A checkpoint of the other `scan_layers` layout holds the same parameters (per layer or stacked): restored
-    in its own shape and placement, then rearranged into this run's."""
+    in its own shape and placement, then rearranged into this run's (a pruning run's masks likewise)."""
     other_cfg = model_cfg.replace(scan_layers=not model_cfg.scan_layers)
 
+    @functools.cache
     def abstract_state_fn():
         init_fn = _make_init_fn(other_cfg, tx, seed, mesh, rules)
         with mesh:  # compiled only, never run: the placement XLA gives the optimizer state, without its memory
@@ -180,19 +201,26 @@ def _other_layer_layout(model_cfg: ModelConfig, tx, seed: int, mesh, rules: str,
         return jax.tree.map(lambda x, sharding: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
                             init_fn.eval_shape(), shardings)
 
-    convert_fn = jax.jit(functools.partial(convert_layer_layout, target=abstract_state),
-                         out_shardings=jax.tree.map(lambda x: x.sharding, abstract_state))
-    return Layout(f"scan_layers={other_cfg.scan_layers}", abstract_state_fn, convert_fn)
+    def converter(target):
+        return jax.jit(functools.partial(convert_layer_layout, target=target), out_shardings=_shardings(target))
+
+    masks_fns = ((lambda: _abstract_masks(pruning, abstract_state_fn().params, mesh)), converter(abstract_masks)) \
+        if pruning else (None, None)
+    return Layout(f"scan_layers={other_cfg.scan_layers}", abstract_state_fn, converter(abstract_state), *masks_fns)
 
 
 def _resume(checkpointer: Checkpointer, state, configs: dict, model_cfg: ModelConfig, data_cfg: DataConfig,
             train_cfg: TrainConfig, tx, mesh, rules: str):
-    """(state, start step, run record, batches) from MODEL_DIR's newest intact checkpoint, else a fresh start
-    (warm-started when asked). Raises IncompatibleCheckpointError rather than starting over existing checkpoints."""
+    """(state, masks, start step, run record, batches) from MODEL_DIR's newest intact checkpoint, else a fresh start
+    (warm-started when asked; a pruning run's masks all ones). Raises IncompatibleCheckpointError rather than
+    starting over existing checkpoints. masks is None for a run that does not prune."""
     model_dir = checkpointer.model_dir
     state_sharding = jax.tree.map(lambda x: x.sharding, state)
     abstract_state = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
-    layouts = (_other_layer_layout(model_cfg, tx, train_cfg.seed, mesh, rules, abstract_state),)
+    pruning = train_cfg.pruning
+    abstract_masks = _abstract_masks(pruning, abstract_state.params, mesh) if pruning else None
+    layouts = (_other_layer_layout(model_cfg, tx, train_cfg.seed, mesh, rules, abstract_state, abstract_masks,
+                                   pruning),)
 
     def batch_iterator(skip_steps: int = 0):
         dataset = make_dataset(data_cfg, jax.process_index(), jax.process_count())
@@ -207,25 +235,29 @@ def _resume(checkpointer: Checkpointer, state, configs: dict, model_cfg: ModelCo
         if checkpointer.steps():
             _check_architecture(model_dir, model_cfg, resuming=True)
         saved_configs = _read_run_config(model_dir) or {}
-        start_step, restored, record = checkpointer.restore_latest(
-            abstract_state, current["batches"].restore, layouts=layouts, derive_data_position=derive_data_position,
+        start_step, restored, record, masks = checkpointer.restore_latest(
+            abstract_state, current["batches"].restore, abstract_masks=abstract_masks, layouts=layouts,
+            derive_data_position=derive_data_position,
             settings_changed=describe_settings_changed(saved_configs, json.loads(json.dumps(configs, default=str))))
     except IncompatibleCheckpointError as error:
         if not train_cfg.restart_from_scratch:
             raise
         logging.warning("%s Starting over as asked (restart_from_scratch=True): deleting them.", error)
         checkpointer.delete_all()
-        start_step, restored, record, current["batches"] = 0, None, None, batch_iterator()
+        start_step, restored, record, masks, current["batches"] = 0, None, None, None, batch_iterator()
     batches = current["batches"]
     if restored is not None:
         logging.info("Resumed from %s at step %d.", model_dir / f"checkpoint_{start_step}", start_step)
-        return restored, start_step, record, batches
+        return restored, masks, start_step, record, batches
     if train_cfg.initial_checkpoint_path:
         initial = resolve_checkpoint(train_cfg.initial_checkpoint_path, "INITIAL_CHECKPOINT_PATH")
         _check_architecture(initial.parent, model_cfg, resuming=False)
         params = restore_params(str(initial), abstract_state.params)
         state = TrainState(state.step, params, jax.jit(tx.init, out_shardings=state_sharding.opt_state)(params))
-    return state, 0, None, batches
+    if pruning:
+        masks = jax.jit(functools.partial(pruning_lib.initial_masks, cfg=pruning),
+                        out_shardings=_shardings(abstract_masks))(state.params)
+    return state, masks, 0, None, batches
 
 
 def _global_batch(local: dict[str, np.ndarray], sharding) -> dict[str, jax.Array]:
@@ -253,8 +285,8 @@ def train(*, model_cfg: ModelConfig, data_cfg: DataConfig, optim_cfg: OptimConfi
                                 async_save=train_cfg.async_checkpoints)
     # Nothing is written to MODEL_DIR before the resume decision: a run that cannot resume leaves it as it was.
     try:
-        state, start_step, record, batches = _resume(checkpointer, state, configs, model_cfg, data_cfg, train_cfg,
-                                                     tx, mesh, mesh_cfg.rules)
+        state, masks, start_step, record, batches = _resume(checkpointer, state, configs, model_cfg, data_cfg,
+                                                            train_cfg, tx, mesh, mesh_cfg.rules)
     except BaseException:
         checkpointer.close()
         raise
@@ -262,10 +294,12 @@ def train(*, model_cfg: ModelConfig, data_cfg: DataConfig, optim_cfg: OptimConfi
     metrics_lib.write_run_info(str(model_dir))
     train_seconds = record.get("train_seconds", 0.0) if record else 0.0
 
+    masks_sharding = None if masks is None else _shardings(masks)
     train_step = jax.jit(make_train_step(graphdef, tx, z_loss=train_cfg.z_loss,
                                          microbatches=train_cfg.microbatches, dropout_seed=train_cfg.seed),
-                         in_shardings=(state_sharding, data_sharding), out_shardings=(state_sharding, None),
-                         donate_argnums=0)
+                         in_shardings=(state_sharding, data_sharding, masks_sharding),
+                         out_shardings=(state_sharding, None), donate_argnums=0)
+    prune_now = None if masks is None else _make_mask_update(train_cfg.pruning, state_sharding, masks_sharding)
     eval_step = jax.jit(make_eval_step(graphdef, z_loss=train_cfg.z_loss),
                         in_shardings=(state_sharding.params, data_sharding))
     flops_per_step = data_cfg.batch_size * training_flops(
@@ -279,7 +313,7 @@ def train(*, model_cfg: ModelConfig, data_cfg: DataConfig, optim_cfg: OptimConfi
 
     def save(step: int) -> None:
         logger.check_finite()  # never commit a state reached through a NaN loss
-        checkpointer.save(step, state, {"step": step, "train_seconds": train_seconds}, batches.save)
+        checkpointer.save(step, state, {"step": step, "train_seconds": train_seconds}, batches.save, masks=masks)
 
     sigterm = _Sigterm()
     step, ended_by = start_step, "train_steps"
@@ -296,8 +330,11 @@ def train(*, model_cfg: ModelConfig, data_cfg: DataConfig, optim_cfg: OptimConfi
                 ended_by = stop
                 break
             tic = time.perf_counter()
+            if prune_now is not None and train_cfg.pruning.updates_masks_at(step):
+                with mesh:
+                    state, masks = prune_now(state, masks, step)
             with mesh:
-                state, step_metrics = train_step(state, _global_batch(next(batches), data_sharding))
+                state, step_metrics = train_step(state, _global_batch(next(batches), data_sharding), masks)
             step += 1
             logger.record(step, step_metrics)
             if step % train_cfg.log_every == 0:
@@ -328,6 +365,23 @@ def train(*, model_cfg: ModelConfig, data_cfg: DataConfig, optim_cfg: OptimConfi
                          train_seconds=train_seconds)
     _write_train_end(model_dir, result)
     return result
+
+
+def _make_mask_update(pruning: PruningConfig, state_sharding, masks_sharding):
+    """(state, masks, step) -> (state with the weights below the schedule's sparsity zeroed, new masks)."""
+    def update(state: TrainState, masks, sparsity):
+        masks = pruning_lib.update_masks(state.params, masks, sparsity, pruning.scope)
+        return state.replace(params=pruning_lib.apply_masks(state.params, masks)), masks
+
+    jitted = jax.jit(update, out_shardings=(state_sharding, masks_sharding), donate_argnums=(0, 1))
+
+    def update_at(state: TrainState, masks, step: int):
+        sparsity = pruning.sparsity_at(step)
+        logging.info("Pruning: masks updated at step %d to sparsity %.4f (final %g at step %d).", step, sparsity,
+                     pruning.final_sparsity, pruning.end_step)
+        return jitted(state, masks, jnp.float32(sparsity))
+
+    return update_at
 
 
 def _write_train_end(model_dir: epath.Path, result: TrainResult) -> None:

@@ -61,10 +61,10 @@ def write_data_state(path):
     pathlib.Path(path + ".index").write_text("position")
 
 
-def save_steps(model_dir, steps, state, **options):
+def save_steps(model_dir, steps, state, masks=None, **options):
     checkpointer = Checkpointer(str(model_dir), async_save=False, **options)
     for step in steps:
-        checkpointer.save(step, state, {"step": step}, write_data_state)
+        checkpointer.save(step, state, {"step": step}, write_data_state, masks=masks)
     checkpointer.close()
 
 
@@ -91,7 +91,8 @@ def test_a_checkpoint_of_the_other_layer_layout_restores_through_its_converter(t
     run_state = abstract(unrolled_state(stacked_state()))
     layout = Layout("scan_layers=True", lambda: abstract(stacked_state()),
                     lambda restored: convert_layer_layout(restored, run_state))
-    step, state, record = Checkpointer(str(tmp_path)).restore_latest(run_state, lambda path: None, layouts=(layout,))
+    step, state, record, _ = Checkpointer(str(tmp_path)).restore_latest(run_state, lambda path: None,
+                                                                        layouts=(layout,))
     assert (step, record) == (3, {"step": 3})
     expected = unrolled_state(stacked_state())
     jax.tree.map(np.testing.assert_array_equal, state, expected)
@@ -119,6 +120,49 @@ def test_data_positions_of_another_process_count_stop_the_restore_unless_the_cal
                                                           r"and this run has 1; a data position cannot be split"):
         Checkpointer(str(tmp_path)).restore_latest(abstract(stacked_state()), lambda path: None)
     placed = []
-    step, _, _ = Checkpointer(str(tmp_path)).restore_latest(abstract(stacked_state()), lambda path: None,
-                                                            derive_data_position=placed.append)
+    step, _, _, _ = Checkpointer(str(tmp_path)).restore_latest(abstract(stacked_state()), lambda path: None,
+                                                               derive_data_position=placed.append)
     assert step == 3 and placed == [3]
+
+
+def masks_of(state):
+    """Masks in the params' tree: a bool array for the pruned kernel, a shape-() placeholder for the norm."""
+    return {"layers": {"kernel": state["params"]["layers"]["kernel"] % 2 == 0}, "norm": np.ones((), bool)}
+
+
+def test_masks_are_their_own_item_and_restore_with_the_state(tmp_path):
+    save_steps(tmp_path, [3], stacked_state(), masks=masks_of(stacked_state()))
+    assert (tmp_path / "checkpoint_3" / "masks").is_dir() and (tmp_path / "checkpoint_3" / STATE).is_dir()
+    step, state, _, masks = Checkpointer(str(tmp_path)).restore_latest(
+        abstract(stacked_state()), lambda path: None, abstract_masks=abstract(masks_of(stacked_state())))
+    assert step == 3
+    jax.tree.map(np.testing.assert_array_equal, masks, masks_of(stacked_state()))
+
+
+def test_masks_convert_with_the_layer_layout(tmp_path):
+    save_steps(tmp_path, [3], stacked_state(), masks=masks_of(stacked_state()))
+    unrolled_masks = {"layers": {str(i): {"kernel": masks_of(stacked_state())["layers"]["kernel"][i]}
+                                 for i in range(3)}, "norm": np.ones((), bool)}
+    run_state, run_masks = abstract(unrolled_state(stacked_state())), abstract(unrolled_masks)
+    layout = Layout("scan_layers=True", lambda: abstract(stacked_state()),
+                    lambda restored: convert_layer_layout(restored, run_state),
+                    lambda: abstract(masks_of(stacked_state())),
+                    lambda restored: convert_layer_layout(restored, run_masks))
+    _, _, _, masks = Checkpointer(str(tmp_path)).restore_latest(run_state, lambda path: None,
+                                                                abstract_masks=run_masks, layouts=(layout,))
+    jax.tree.map(np.testing.assert_array_equal, masks, unrolled_masks)
+
+
+def test_a_pruning_run_refuses_a_checkpoint_without_masks_and_a_dense_run_one_with_them(tmp_path):
+    save_steps(tmp_path / "dense", [3], stacked_state())
+    with pytest.raises(IncompatibleCheckpointError, match=r"checkpoint_3 has no pruning masks and this run prunes"):
+        Checkpointer(str(tmp_path / "dense")).restore_latest(abstract(stacked_state()), lambda path: None,
+                                                             abstract_masks=abstract(masks_of(stacked_state())))
+    save_steps(tmp_path / "pruned", [3], stacked_state(), masks=masks_of(stacked_state()))
+    with pytest.raises(IncompatibleCheckpointError, match=r"checkpoint_3 holds pruning masks .* this run does not"):
+        Checkpointer(str(tmp_path / "pruned")).restore_latest(abstract(stacked_state()), lambda path: None)
+    other = masks_of(stacked_state())
+    other["norm"] = np.ones(4, bool)  # another choice of pruned parameters
+    with pytest.raises(IncompatibleCheckpointError, match=r"pruning masks in .*checkpoint_3 do not fit this run"):
+        Checkpointer(str(tmp_path / "pruned")).restore_latest(abstract(stacked_state()), lambda path: None,
+                                                              abstract_masks=abstract(other))

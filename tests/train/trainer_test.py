@@ -15,6 +15,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from t5scale.train.checkpoints import IncompatibleCheckpointError
+from t5scale.train.pruning import PruningConfig
 from t5scale.train.trainer import NonFiniteLossError, TrainConfig
 from tests.train.run_training import (
     assert_resumed_from,
@@ -331,3 +332,59 @@ def test_two_processes_resume_a_one_process_checkpoint_with_the_data_from_the_st
     resumed, reference = losses(tmp_path / "run"), losses(tmp_path / "reference")
     for step in (5, 6):
         assert resumed[step] == pytest.approx(reference[step], rel=1e-5)
+
+
+# Gradual pruning: masks updated at steps 0, 3, 6 (before the update that follows), final 0.5 from step 6 on.
+PRUNING = PruningConfig(final_sparsity=0.5, begin_step=0, end_step=6, update_every=3, groups=("attention", "mlp"))
+
+
+@pytest.fixture(scope="module")
+def pruned(tmp_path_factory):
+    model_dir = tmp_path_factory.mktemp("pruned")
+    return model_dir, run(str(model_dir), 8, pruning=PRUNING, keep_checkpoints=None)
+
+
+def saved_masks_and_params(model_dir, step):
+    restore = ocp.StandardCheckpointer().restore
+    masks = restore(model_dir / f"checkpoint_{step}" / "masks")
+    params = restore(model_dir / f"checkpoint_{step}" / "state")["params"]
+    flat = lambda tree: {k: np.asarray(v) for k, v in ocp.tree.to_flat_dict(tree).items()}  # noqa: E731
+    return flat(masks), flat(params)
+
+
+@pytest.mark.parametrize("step, last_update", [(2, 0), (4, 3), (8, 6)])
+def test_gradual_pruning_follows_the_cubic_schedule_and_pruned_weights_stay_zero(pruned, step, last_update):
+    masks, params = saved_masks_and_params(pruned[0], step)
+    sparsity = PRUNING.sparsity_at(last_update)
+    kernels = [name for name, mask in masks.items() if mask.ndim]
+    assert kernels and all("embedder" not in "/".join(n) and "norm" not in "/".join(n) for n in kernels)
+    for name in kernels:
+        mask, weight = masks[name], params[name]
+        assert mask.shape == weight.shape
+        for layer_mask, layer_weight in zip(mask, weight):  # scanned: one count per layer of the stack
+            assert np.sum(~layer_mask) == round(sparsity * layer_mask.size), (name, step)
+            assert np.all(layer_weight[~layer_mask] == 0), name  # zero after the updates since the mask changed
+    # the rest is left alone
+    assert all(np.all(params[n] != 0) for n, m in masks.items() if not m.ndim and "norm" in "/".join(n))
+
+
+def test_a_pruning_run_resumes_its_masks_exactly(pruned, tmp_path):
+    # From checkpoint_4, between mask updates: masks recomputed there instead of restored would differ.
+    copy_run(pruned[0], tmp_path, drop_steps=(6, 8))
+    result, new_rows = rerun(tmp_path, 8, pruning=PRUNING)
+    assert_resumed_from(result, new_rows, 4, 8)
+    assert dict(new_rows) == {s: loss for s, loss in losses(pruned[0]).items() if s > 4}
+    masks, params = saved_masks_and_params(tmp_path, 8)
+    reference_masks, reference_params = saved_masks_and_params(pruned[0], 8)
+    for name in masks:
+        np.testing.assert_array_equal(masks[name], reference_masks[name])
+    for name in params:
+        np.testing.assert_array_equal(params[name], reference_params[name])
+
+
+def test_pruning_over_a_dense_checkpoint_stops_with_one_line_and_writes_nothing(uninterrupted, tmp_path):
+    copy_run(uninterrupted[0], tmp_path)
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    with pytest.raises(IncompatibleCheckpointError, match=r"checkpoint_8 has no pruning masks and this run prunes"):
+        run(str(tmp_path), 10, pruning=PRUNING)
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
