@@ -63,3 +63,29 @@ def param_shardings(params: nnx.State, mesh: Mesh, rules: str):
 def batch_sharding(mesh: Mesh) -> NamedSharding:
     """Batches are split over the data axis, replicated over the model axis."""
     return NamedSharding(mesh, PartitionSpec(DATA_AXIS))
+
+
+def opt_state_shardings(abstract_opt_state, abstract_params: nnx.State, shardings):
+    """NamedSharding for every leaf of the optimizer state: a statistic follows its parameter. A full-size one
+    (Adafactor's unfactored v, momentum) takes the parameter's sharding; a factored row or column one (the
+    parameter's shape less one axis) takes it with that axis dropped; anything else (counts, placeholders) is
+    replicated. Left to XLA, an initialiser's outputs would all be replicated: under fsdp every device would hold
+    the whole optimizer state."""
+    leaf = lambda x: isinstance(x, NamedSharding)
+    by_path = {jax.tree_util.keystr(path): (x.shape, sharding) for (path, x), sharding in zip(
+        jax.tree_util.tree_flatten_with_path(abstract_params)[0], jax.tree.leaves(shardings, is_leaf=leaf),
+        strict=True)}
+
+    def sharding(path, x):
+        name = jax.tree_util.keystr(path)
+        for param_path, (shape, param_sharding) in by_path.items():
+            if name.endswith(param_path):
+                spec = tuple(param_sharding.spec) + (None,) * (len(shape) - len(param_sharding.spec))
+                if tuple(x.shape) == tuple(shape):
+                    return param_sharding
+                for axis in range(len(shape)):
+                    if tuple(x.shape) == shape[:axis] + shape[axis + 1:]:
+                        return NamedSharding(param_sharding.mesh, PartitionSpec(*spec[:axis], *spec[axis + 1:]))
+        return NamedSharding(next(iter(by_path.values()))[1].mesh, PartitionSpec())
+
+    return jax.tree_util.tree_map_with_path(sharding, abstract_opt_state)

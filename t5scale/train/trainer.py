@@ -51,7 +51,7 @@ from t5scale.train.checkpoints import (
 from t5scale.train.metrics import NonFiniteLossError  # noqa: F401  (re-exported: callers catch it here)
 from t5scale.train.optim import OptimConfig, make_learning_rate_fn, make_optimizer
 from t5scale.train import pruning as pruning_lib
-from t5scale.train.partitioning import MeshConfig, batch_sharding, make_mesh, param_shardings
+from t5scale.train.partitioning import MeshConfig, batch_sharding, make_mesh, opt_state_shardings, param_shardings
 from t5scale.train.pruning import PruningConfig
 from t5scale.train.step import TrainState, make_eval_step, make_train_step
 
@@ -172,7 +172,9 @@ def _make_init_fn(model_cfg: ModelConfig, tx, seed: int, mesh, rules: str):
         params = nnx.state(T5(model_cfg, rngs=nnx.Rngs(params=seed)), nnx.Param)
         return TrainState(jnp.zeros((), jnp.int32), params, tx.init(params))
 
-    return jax.jit(init_state, out_shardings=TrainState(None, param_shardings(abstract_params, mesh, rules), None))
+    shardings = param_shardings(abstract_params, mesh, rules)
+    opt_shardings = opt_state_shardings(jax.eval_shape(tx.init, abstract_params), abstract_params, shardings)
+    return jax.jit(init_state, out_shardings=TrainState(None, shardings, opt_shardings))
 
 
 def _abstract_masks(pruning: PruningConfig, abstract_params, mesh):

@@ -68,3 +68,27 @@ def test_no_parameter_uses_a_mesh_axis_twice(params):
 def test_a_mesh_that_does_not_fit_the_devices_says_how_many_it_needs():
     with pytest.raises(ValueError, match=r"Mesh \(data=3, model=2\) needs 6 devices, but there are 1"):
         make_mesh(MeshConfig(data=3, model=2))
+
+
+def test_optimizer_statistics_are_placed_like_their_parameters():
+    import jax
+    from jax.sharding import NamedSharding
+
+    from t5scale.train.optim import OptimConfig, make_optimizer
+    from t5scale.train.partitioning import opt_state_shardings, param_shardings
+
+    # DM 256 and FF 384 reach Adafactor's 128 so the MLP kernels' second moments are factored; attention kernels
+    # [layers, embed, heads, kv] have a second dimension of 4 and keep a full-size one.
+    cfg = tiny_config(d_model=256, d_ff=384, vocab_size=256)
+    abstract_params = nnx.state(nnx.eval_shape(lambda: T5(cfg, rngs=nnx.Rngs(0))), nnx.Param)
+    tx = make_optimizer(OptimConfig())
+    abstract_opt = jax.eval_shape(tx.init, abstract_params)
+    shardings = opt_state_shardings(abstract_opt, abstract_params, param_shardings(abstract_params, MESH, "fsdp"))
+    specs = {jax.tree_util.keystr(path): s.spec for path, s in jax.tree_util.tree_flatten_with_path(
+        shardings, is_leaf=lambda x: isinstance(x, NamedSharding))[0]}
+    wi = "['encoder']['layers']['mlp']['wi']['kernel'].value"  # [layers, embed, mlp] = P(None, data, model)
+    query = "['encoder']['layers']['attention']['query']['kernel'].value"
+    assert specs[f"[0].v_row{wi}"] == P(None, "data")  # [layers, embed]
+    assert specs[f"[0].v_col{wi}"] == P(None, "model")  # [layers, mlp]
+    assert specs[f"[0].v{query}"] == P(None, "data", "model", None)  # full size: the parameter's own
+    assert specs["[0].count"] == P() and specs[f"[0].v{wi}"] == P()  # a scalar; a (1,) placeholder
