@@ -153,14 +153,14 @@ def model_config(shape: str = "small", EL=None, DL=None, NL=None, DM=None, KV=No
                             remat=remat)
 
 
-_CONFIGURABLES: set[str] = set()
+_CONFIGURABLES: dict[str, Callable] = {}
 
 
 def configurable(fn_or_class: Callable, name: str) -> None:
     """Make `fn_or_class` bindable as `name.field = ...` (once; commands call this for what they use)."""
     if name not in _CONFIGURABLES:
         gin.external_configurable(fn_or_class, name, module=None)
-        _CONFIGURABLES.add(name)
+        _CONFIGURABLES[name] = fn_or_class
 
 
 configurable(model_config, "model_config")
@@ -172,13 +172,31 @@ def call_configurable(name: str):
     try:
         value = gin.get_configurable(name)()
     except (ValueError, TypeError) as error:
-        raise UsageError(first_line(error)) from None
+        # A REQUIRED value inside a nested configurable (train_config.pruning = @pruning_config()) reaches that
+        # dataclass's checks first, which cannot name the flag: name it here.
+        raise UsageError(_required_binding() or first_line(error)) from None
     for field in dataclasses.fields(value) if dataclasses.is_dataclass(value) else ():
         if getattr(value, field.name) is gin.REQUIRED:
             binding = str(gin.query_parameter(f"{name}.{field.name}"))  # "%MACRO"
             flag = f"--gin.{binding[1:]}=..." if binding.startswith("%") else f"--gin.{name}.{field.name}=..."
             raise UsageError(f"{name}.{field.name} is required: set it with {flag}")
     return value
+
+
+def _required_binding() -> str | None:
+    """'x.y is required: set it with --gin.MACRO=...' for the first dataclass field bound to %gin.REQUIRED."""
+    for name, cls in _CONFIGURABLES.items():
+        for field in dataclasses.fields(cls) if dataclasses.is_dataclass(cls) else ():
+            try:
+                bound, macro = str(gin.query_parameter(f"{name}.{field.name}")), None
+                while bound.startswith("%") and bound != "%gin.REQUIRED":
+                    macro = bound[1:]
+                    bound = str(gin.query_parameter(f"{macro}/macro.value"))
+            except ValueError:  # not bound
+                continue
+            if bound == "%gin.REQUIRED":
+                return f"{name}.{field.name} is required: set it with --gin.{macro or f'{name}.{field.name}'}=..."
+    return None
 
 
 def gin_model_config() -> config_lib.ModelConfig:
@@ -212,6 +230,8 @@ def make_parser(description: str = "", order: tuple[str, ...] = ()) -> argparse.
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for cmd in sorted(COMMANDS.values(), key=lambda c: order.index(c.name) if c.name in order else len(order)):
         sub = commands.add_parser(cmd.name, help=cmd.help, description=cmd.help)
+        sub.add_argument("--no_compilation_cache", action="store_true",
+                         help="do not use JAX's persistent compilation cache ($T5SCALE_CACHE/xla, on by default)")
         if cmd.add_arguments:
             cmd.add_arguments(sub)
         sub.set_defaults(run=cmd.run)
@@ -225,12 +245,14 @@ def run_command(name: str, gin_files: list[str] = (), bindings: list[str] = (), 
 
 def run(argv: list[str], description: str = "", order: tuple[str, ...] = ()) -> int:
     """Parse argv, run the command; a user's mistake is one line on stderr and exit code 2 (3 for a NaN loss)."""
+    from t5scale.cache import set_compilation_cache
     from t5scale.storage import StorageError
     from t5scale.train.checkpoints import CheckpointWriteError
 
     try:
         rest, gin_files, bindings = split_gin_flags(argv)
         args = make_parser(description, order).parse_args(rest)
+        set_compilation_cache(not args.no_compilation_cache)
         args.run(args, gin_files, bindings)
     except (UsageError, ValueError, NotImplementedError, FileNotFoundError, StorageError) as error:
         print(f"t5scale: error: {error}", file=sys.stderr)

@@ -55,3 +55,35 @@ def test_default_run_without_storage_access_is_one_line_and_writes_nothing(tmp_p
         "sentencepiece.model: cannot reach 127.0.0.1 (Connection refused: no network here?). Copy it to this machine "
         "and set T5_VOCAB_PATH to the copy.\n")  # one line: no traceback, no TensorFlow start-up noise
     assert not model_dir.exists()
+
+
+def pretrained_tiny(model_dir) -> None:
+    assert main(["train", "--gin_file=models/shape.gin", "--gin_file=runs/pretrain.gin", *TINY,
+                 "--gin.MIXTURE_OR_TASK_NAME='embedded_span_corruption'", "--gin.BATCH_SIZE=4",
+                 "--gin.TASK_FEATURE_LENGTHS={'inputs': 32, 'targets': 8}", "--gin.TRAIN_STEPS=1",
+                 f"--gin.MODEL_DIR='{model_dir}'", "--gin.train_config.progress_bar=False"]) == 0
+
+
+def test_finetune_prunes_with_runs_prune_gin(tmp_path, capsys):
+    pretrained_tiny(tmp_path / "pretrained")
+    model_dir = tmp_path / "pruned"
+    argv = ["finetune", "--gin_file=runs/finetune.gin", "--gin_file=runs/prune.gin",
+            f"--gin.INITIAL_CHECKPOINT_PATH='{tmp_path / 'pretrained'}'", f"--gin.MODEL_DIR='{model_dir}'",
+            "--gin.MIXTURE_OR_TASK_NAME='embedded_sst2'", "--gin.BATCH_SIZE=4",
+            "--gin.TASK_FEATURE_LENGTHS={'inputs': 32, 'targets': 4}", "--gin.TRAIN_STEPS=3",
+            "--gin.PRUNE_SPARSITY=0.75", "--gin.PRUNE_END_STEP=2", "--gin.PRUNE_EVERY=1",
+            "--gin.train_config.progress_bar=False"]
+    assert main(argv) == 0, capsys.readouterr().err
+    pruning = json.loads((model_dir / "config.json").read_text())["train"]["pruning"]
+    assert (pruning["final_sparsity"], pruning["end_step"], pruning["groups"]) == (
+        0.75, 2, ["attention", "mlp", "embedding"])
+    assert (model_dir / "checkpoint_3" / "masks").is_dir()
+    from t5scale.train.checkpoints import load_model
+    from t5scale.model.layout import flat_params
+
+    kernel = flat_params(load_model(str(model_dir))[0])["encoder/layers/0/mlp/wi/kernel"]
+    assert abs((kernel == 0).mean() - 0.75) < 1e-9
+    # A missing sparsity is named with the flag that sets it.
+    capsys.readouterr()
+    assert main([a for a in argv if "PRUNE_SPARSITY" not in a] + [f"--gin.MODEL_DIR='{tmp_path / 'x'}'"]) == 2
+    assert "--gin.PRUNE_SPARSITY=" in capsys.readouterr().err
