@@ -16,6 +16,7 @@ import tempfile
 import sentencepiece as spm
 import seqio
 
+from t5scale.cache import cache_dir
 from t5scale.data import corpus
 
 T5_VOCAB_PATH = "gs://t5-data/vocabs/cc_all.32000.100extra/sentencepiece.model"
@@ -33,10 +34,6 @@ def t5_vocab_path() -> str:
 def t5_vocabulary() -> seqio.SentencePieceVocabulary:
     """T5's default vocabulary: 32000 pieces + 100 sentinels = 32100 ids (the model pads to 32128)."""
     return seqio.SentencePieceVocabulary(t5_vocab_path(), extra_ids=EXTRA_IDS)
-
-
-def cache_dir() -> pathlib.Path:
-    return pathlib.Path(os.environ.get("T5SCALE_CACHE") or pathlib.Path.home() / ".cache" / "t5scale")
 
 
 def embedded_vocabulary(pieces: int = EMBEDDED_PIECES) -> seqio.SentencePieceVocabulary:
