@@ -232,8 +232,6 @@ def make_parser(description: str = "", order: tuple[str, ...] = ()) -> argparse.
         sub = commands.add_parser(cmd.name, help=cmd.help, description=cmd.help)
         sub.add_argument("--no_compilation_cache", action="store_true",
                          help="do not use JAX's persistent compilation cache ($T5SCALE_CACHE/xla, on by default)")
-        sub.add_argument("--no_compilation_cache", action="store_true",
-                         help="do not use JAX's persistent compilation cache ($T5SCALE_CACHE/xla, on by default)")
         if cmd.add_arguments:
             cmd.add_arguments(sub)
         sub.set_defaults(run=cmd.run)
@@ -248,14 +246,12 @@ def run_command(name: str, gin_files: list[str] = (), bindings: list[str] = (), 
 def run(argv: list[str], description: str = "", order: tuple[str, ...] = ()) -> int:
     """Parse argv, run the command; a user's mistake is one line on stderr and exit code 2 (3 for a NaN loss)."""
     from t5scale.cache import set_compilation_cache
-    from t5scale.cache import set_compilation_cache
     from t5scale.storage import StorageError
     from t5scale.train.checkpoints import CheckpointWriteError
 
     try:
         rest, gin_files, bindings = split_gin_flags(argv)
         args = make_parser(description, order).parse_args(rest)
-        set_compilation_cache(not args.no_compilation_cache)
         set_compilation_cache(not args.no_compilation_cache)
         args.run(args, gin_files, bindings)
     except (UsageError, ValueError, NotImplementedError, FileNotFoundError, StorageError) as error:
