@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import importlib.metadata
 import json
-import math
 import logging
+import math
 import subprocess
 import time
 

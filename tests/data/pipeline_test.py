@@ -1,4 +1,5 @@
-"""Packed, sharded, resumable batches from the embedded span-corruption task."""
+"""Packed, sharded, resumable batches from the embedded span-corruption task; positions saved locally and on
+gs:// (the emulator)."""
 
 import numpy as np
 import pytest
@@ -64,6 +65,53 @@ def test_restored_iterator_yields_exactly_the_uninterrupted_batches(tmp_path):
         got = next(resumed)
         for name in FEATURES:
             np.testing.assert_array_equal(got[name], want[name])
+
+
+def test_a_position_on_gcs_is_written_and_read_back_exactly(gcs):
+    from etils import epath
+
+    bucket = gcs.create_bucket()
+    path = f"gs://{bucket}/run/data_state/checkpoint_3/process_0"
+    cfg = config(seed=3)
+    uninterrupted = make_batch_iterator(cfg)
+    expected = [next(uninterrupted) for _ in range(5)]
+    first = make_batch_iterator(cfg)
+    for _ in range(3):
+        next(first)
+    assert first.save(path) == path
+    names = gcs.objects(bucket)
+    assert "run/data_state/checkpoint_3/process_0.index" in names
+    assert any(n.startswith("run/data_state/checkpoint_3/process_0.data-") for n in names), names
+    epath.Path(f"gs://{bucket}/run/data_state/checkpoint_3/process_0.manifest.json").write_text("{}")  # not state
+    resumed = make_batch_iterator(cfg)
+    resumed.restore(path)
+    for want in expected[3:]:
+        np.testing.assert_array_equal(next(resumed)["encoder_input_tokens"], want["encoder_input_tokens"])
+    with pytest.raises(FileNotFoundError, match="No data-iterator state"):
+        make_batch_iterator(cfg).restore(f"gs://{bucket}/run/data_state/checkpoint_9/process_0")
+
+
+def test_a_storage_error_while_saving_is_an_oserror_not_an_unsavable_pipeline(tmp_path, monkeypatch):
+    import tensorflow as tf
+
+    batches = make_batch_iterator(config())
+    next(batches)
+    # What TensorFlow's GCS client raised when it could not reach storage: also a FailedPreconditionError.
+    outage = tf.errors.FailedPreconditionError(None, None, "Error executing an HTTP request: libcurl code 6 meaning "
+                                               "'Could not resolve hostname'")
+
+    class Unreachable:
+        def write(self, prefix):
+            raise outage
+
+    monkeypatch.setattr(batches, "_checkpoint", Unreachable())
+    path = str(tmp_path / "data_state" / "process_0")
+    with pytest.raises(OSError, match="Could not resolve hostname"):
+        batches.save(path)
+    assert not (tmp_path / "data_state" / "process_0.not_saved").exists()
+    monkeypatch.undo()
+    assert batches.save(path) == path  # still savable once storage is back
+    assert (tmp_path / "data_state" / "process_0.index").exists()
 
 
 def test_same_seed_same_batches_other_seed_other_batches():

@@ -1,5 +1,6 @@
 """The metrics logger's plain files: windows with the compiling one flagged, validation rows, run info, and JSON
-lines appended without losing earlier ones, locally and on gs:// (an emulator)."""
+lines appended without losing earlier ones, locally and on gs:// (an emulator); TensorBoard files copied to a
+gs:// MODEL_DIR while the run goes on, not only at its end."""
 
 import json
 
@@ -14,6 +15,49 @@ def test_append_lines_keeps_earlier_lines_locally_and_on_gcs(tmp_path, gcs):
         metrics.append_lines(path, [{"step": 1}])
         metrics.append_lines(path, [{"step": 2}, {"step": 3}])
         assert [json.loads(line)["step"] for line in path.read_text().splitlines()] == [1, 2, 3], path
+
+
+def tensorboard_losses(model_dir: str, local_copy) -> dict[int, float]:
+    import tensorflow as tf
+
+    losses = {}
+    for remote in epath.Path(model_dir).glob("events.out.tfevents.*"):
+        (local_copy / remote.name).write_bytes(remote.read_bytes())
+        for event in tf.compat.v1.train.summary_iterator(str(local_copy / remote.name)):
+            for value in event.summary.value:
+                if value.tag == "loss":
+                    losses[event.step] = float(tf.make_ndarray(value.tensor))
+    return losses
+
+
+def test_tensorboard_files_reach_a_gcs_model_dir_during_the_run_and_roll_over(tmp_path, gcs, monkeypatch):
+    import jax.numpy as jnp
+
+    bucket = gcs.create_bucket()
+    model_dir = f"gs://{bucket}/run"
+    logger = metrics.MetricsLogger(model_dir, flops_per_step=1.0, learning_rate_fn=lambda step: 0.1,
+                                   peak_flops=None, total_steps=4, start_step=0, progress_bar=False)
+
+    def log(step):
+        logger.record(step, {"loss": jnp.float32(step), "accuracy": jnp.float32(0.5), "tokens": jnp.float32(10)})
+        logger.flush(step)
+
+    log(1)  # the first window is copied up at once: a run killed after it has its curve
+    assert tensorboard_losses(model_dir, tmp_path) == {1: 1.0}
+    log(2)  # within UPLOAD_EVERY_S of the last copy: local only
+    assert tensorboard_losses(model_dir, tmp_path) == {1: 1.0}
+    monkeypatch.setattr(metrics, "UPLOAD_EVERY_S", 0.0)
+    monkeypatch.setattr(metrics, "ROLL_AT_BYTES", 1)  # every copy completes its file and starts another
+    log(3)
+    log(4)
+    assert tensorboard_losses(model_dir, tmp_path) == {1: 1.0, 2: 2.0, 3: 3.0, 4: 4.0}
+    logger.write_eval(4, {"loss": 1.5, "accuracy": 0.6})
+    logger.close()
+    events = [n for n in gcs.objects(bucket) if "/events.out.tfevents." in n]
+    assert len(events) >= 3, events
+    assert [n for n in gcs.objects(bucket) if not n.startswith("run/events.")] == ["run/eval.jsonl",
+                                                                                     "run/metrics.jsonl",
+                                                                                     "run/throughput.jsonl"]
 
 
 def test_the_logger_writes_windows_eval_rows_and_run_info(tmp_path):
