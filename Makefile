@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat setup.py | cksum | cut -d' ' -f1)
 
-.PHONY: demo test test-all test-faults bench study venv fixtures clean
+.PHONY: demo test test-all test-faults bench study compress-study venv fixtures clean
 
 $(STAMP): setup.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -43,6 +43,29 @@ study: $(STAMP)
 	$(BIN)/t5scale pareto runs/study --cost params_non_embedding,flops,step_time
 	$(BIN)/t5scale curves runs/study --target_loss 6.0
 	$(BIN)/t5scale fit runs/study --x params_non_embedding
+
+# Train Large, Then Compress at CPU scale (docs/compression.md): two sizes pretrained for the same wall-clock on the
+# embedded corpus, each fine-tuned on embedded_sst2 (dense, and pruned to 75% while fine-tuning), then compressed
+# several ways and evaluated: runs/compress-study/{results.csv,accuracy_vs_bytes.png}. Rerunning skips finished
+# pretraining and fine-tuning; the compression and evaluation are redone.
+CS_DIR = runs/compress-study
+CS_RUNS = tiny-nl2-dm128-ff512-kv32-time150-seed0 tiny-nl4-dm192-ff768-kv48-time150-seed0
+CS_SETTINGS = bits=8 bits=8,groups=attention+mlp bits=4 bits=4,groups=attention+mlp bits=2 \
+	bits=8,sparsity=0.5 bits=8,sparsity=0.75 bits=4,sparsity=0.5
+compress-study: $(STAMP)
+	$(BIN)/t5scale sweep --gin_file=sweeps/compress_study.gin --gin.SWEEP_DIR="'$(CS_DIR)/pretrain'"
+	set -e; for run in $(CS_RUNS); do \
+	  $(BIN)/t5scale finetune --gin_file=runs/compress_study_finetune.gin \
+	    --gin.INITIAL_CHECKPOINT_PATH="'$(CS_DIR)/pretrain/$$run'" --gin.MODEL_DIR="'$(CS_DIR)/finetune/$$run'"; \
+	  $(BIN)/t5scale finetune --gin_file=runs/compress_study_finetune.gin --gin_file=runs/prune.gin \
+	    --gin.PRUNE_SPARSITY=0.75 --gin.PRUNE_END_STEP=100 --gin.PRUNE_EVERY=10 \
+	    --gin.INITIAL_CHECKPOINT_PATH="'$(CS_DIR)/pretrain/$$run'" --gin.MODEL_DIR="'$(CS_DIR)/finetune-pruned/$$run'"; \
+	done
+	$(BIN)/t5scale compress --checkpoint $(addprefix $(CS_DIR)/finetune/,$(CS_RUNS)) --task embedded_sst2 \
+	  --output_dir $(CS_DIR)/compress --settings $(CS_SETTINGS)
+	$(BIN)/t5scale compress --checkpoint $(addprefix $(CS_DIR)/finetune-pruned/,$(CS_RUNS)) --task embedded_sst2 \
+	  --output_dir $(CS_DIR)/compress-pruned --settings bits=8,sparsity=0.75 bits=4,sparsity=0.75
+	$(BIN)/python scripts/compress_study.py $(CS_DIR)
 
 # Regenerate the Hugging Face parity fixtures (needs the [hf] extra: torch + transformers).
 fixtures: $(STAMP)
