@@ -23,7 +23,7 @@ from flax import nnx
 
 from t5scale.config import ModelConfig, Remat
 from t5scale.model.layers import NEG_INF, Attention, Mlp, RelativePositionBias, logical, make_norm, mask_to_bias
-from t5scale.sharding import EMBED, LAYERS, VOCAB
+from t5scale.sharding import EMBED, LAYERS, VOCAB, constrain_batch
 
 _REMAT_POLICIES = {
     Remat.FULL: jax.checkpoint_policies.nothing_saveable,
@@ -275,7 +275,7 @@ class T5(nnx.Module):
                rngs: nnx.Rngs | None = None) -> jax.Array:
         """[B, S] int -> encoded [B, S, D]."""
         encoder_input_tokens = jnp.asarray(encoder_input_tokens)
-        embedded = self.token_embedder(encoder_input_tokens)
+        embedded = constrain_batch(self.token_embedder(encoder_input_tokens))
         return self.encoder(embedded, encoder_input_tokens, encoder_segment_ids, rngs)
 
     def decode(self, encoded: jax.Array, encoder_input_tokens: jax.Array, decoder_input_tokens: jax.Array, *,
@@ -291,7 +291,7 @@ class T5(nnx.Module):
         self_bias = self.decoder.relpos_bias(target_len, target_len, batch) + mask_to_bias(self_mask)
         cross_mask = (encoder_input_tokens > 0)[:, None, :] & _same_segment(decoder_segment_ids,
                                                                            encoder_segment_ids)
-        hidden, _ = self.decoder(self.token_embedder(decoder_input_tokens), encoded, self_bias,
+        hidden, _ = self.decoder(constrain_batch(self.token_embedder(decoder_input_tokens)), encoded, self_bias,
                                  mask_to_bias(cross_mask), rngs)
         return self.logits(hidden)
 

@@ -154,11 +154,11 @@ def make_plan(request: PlanRequest) -> dict:
              for names, length in ((ENCODER_FEATURES, request.input_len), (DECODER_FEATURES, request.target_len))
              for name in names}
     graphdef, _ = nnx.split(nnx.eval_shape(lambda: T5(cfg, rngs=nnx.Rngs(0))), nnx.Param)
-    # Jitted as trainer.train jits it.
+    # Jitted and run (under jax.set_mesh) as trainer.train does.
     step = jax.jit(make_train_step(graphdef, tx, z_loss=1e-4, microbatches=request.microbatches, dropout_seed=0),
                    in_shardings=(state_shardings, data_sharding), out_shardings=(state_shardings, None),
                    donate_argnums=0)
-    with mesh:
+    with jax.set_mesh(mesh):
         compiled = step.lower(state, batch).compile()
     memory = compiled.memory_analysis()
     exact = {"params": _per_device_bytes(state.params), "opt_state": _per_device_bytes(state.opt_state) +

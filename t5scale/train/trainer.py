@@ -23,7 +23,7 @@ import logging
 import os
 import signal
 import time
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -73,6 +73,9 @@ class TrainConfig:
     log_every: int = 100
     eval_every: int | None = None  # validation loss every N steps (None: never)
     eval_batches: int = 10
+    # The task's own metrics (decoding or scoring, seqio's metric functions; t5x's eval period) every N steps and
+    # at the end, into MODEL_DIR/task_eval.jsonl; needs a task evaluator (`t5scale finetune` passes one).
+    task_eval_every: int | None = None
     microbatches: int = 1  # gradient accumulation: the batch is split into this many sequential chunks
     z_loss: float = 1e-4
     seed: int = 0  # parameter init and dropout
@@ -88,8 +91,9 @@ class TrainConfig:
     def __post_init__(self):
         if self.train_steps < 1 or self.save_every < 1 or self.log_every < 1 or self.microbatches < 1:
             raise ValueError("TrainConfig: train_steps, save_every, log_every and microbatches must be positive.")
-        if self.keep_every is not None and self.keep_every < 1:
-            raise ValueError(f"TrainConfig.keep_every must be positive or None, got {self.keep_every}.")
+        for name in ("keep_every", "eval_every", "task_eval_every"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ValueError(f"TrainConfig.{name} must be positive or None, got {getattr(self, name)}.")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -267,8 +271,16 @@ def _global_batch(local: dict[str, np.ndarray], sharding) -> dict[str, jax.Array
     return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in local.items()}
 
 
+# (model with the run's sharded params, step, mesh) -> the summary (t5scale.evaluate.evaluate_model), None on the
+# processes that do not write it.
+TaskEvaluator = Callable[[nnx.Module, int, Any], "dict | None"]
+
+
 def train(*, model_cfg: ModelConfig, data_cfg: DataConfig, optim_cfg: OptimConfig, mesh_cfg: MeshConfig,
-          train_cfg: TrainConfig, gin_config: str = "") -> TrainResult:
+          train_cfg: TrainConfig, gin_config: str = "", task_evaluator: TaskEvaluator | None = None) -> TrainResult:
+    if train_cfg.task_eval_every and task_evaluator is None:
+        raise ValueError("train_config.task_eval_every needs a task evaluator: run `t5scale finetune`, or pass "
+                         "train(..., task_evaluator=...) (see t5scale.evaluate.evaluate_model).")
     # orbax wants absolute paths; gs:// ones already are.
     model_dir = epath.Path(train_cfg.model_dir if "://" in train_cfg.model_dir else
                            os.path.abspath(train_cfg.model_dir))
@@ -317,6 +329,13 @@ def train(*, model_cfg: ModelConfig, data_cfg: DataConfig, optim_cfg: OptimConfi
         logger.check_finite()  # never commit a state reached through a NaN loss
         checkpointer.save(step, state, {"step": step, "train_seconds": train_seconds}, batches.save, masks=masks)
 
+    def task_eval(step: int) -> None:
+        summary = task_evaluator(nnx.merge(graphdef, state.params), step, mesh)
+        logger.write_task_eval(step, summary)
+        logger.reset_timer(step)
+        task_evaluated.add(step)
+
+    task_evaluated: set[int] = set()
     sigterm = _Sigterm()
     step, ended_by = start_step, "train_steps"
     try:
@@ -333,9 +352,9 @@ def train(*, model_cfg: ModelConfig, data_cfg: DataConfig, optim_cfg: OptimConfi
                 break
             tic = time.perf_counter()
             if prune_now is not None and train_cfg.pruning.updates_masks_at(step):
-                with mesh:
+                with jax.set_mesh(mesh):
                     state, masks = prune_now(state, masks, step)
-            with mesh:
+            with jax.set_mesh(mesh):  # not `with mesh:`: the model's activation constraints read this one
                 state, step_metrics = train_step(state, _global_batch(next(batches), data_sharding), masks)
             step += 1
             logger.record(step, step_metrics)
@@ -345,12 +364,16 @@ def train(*, model_cfg: ModelConfig, data_cfg: DataConfig, optim_cfg: OptimConfi
             if train_cfg.eval_every and step % train_cfg.eval_every == 0:
                 logger.write_eval(step, _evaluate(eval_step, state.params, data_cfg, train_cfg, data_sharding, mesh))
                 logger.reset_timer(step)
+            if train_cfg.task_eval_every and step % train_cfg.task_eval_every == 0:
+                task_eval(step)
             if step % train_cfg.save_every == 0:
                 save(step)
                 logger.reset_timer(step)
         logger.flush(step)
         if step not in checkpointer.steps():
             save(step)
+        if train_cfg.task_eval_every and step not in task_evaluated and step > start_step and ended_by != "sigterm":
+            task_eval(step)  # the final state too (after its checkpoint); a preempted run leaves quickly instead
         checkpointer.wait()
     except metrics_lib.NonFiniteLossError:
         # Recorded, so that a sweep counts the run as diverged instead of retrying it forever.
@@ -397,7 +420,7 @@ def _evaluate(eval_step, params, data_cfg: DataConfig, train_cfg: TrainConfig, s
     batches = BatchIterator(make_dataset(eval_cfg, jax.process_index(), jax.process_count()))
     sums = None
     for _ in range(train_cfg.eval_batches):
-        with mesh:
+        with jax.set_mesh(mesh):
             out = eval_step(params, _global_batch(next(batches), sharding))
         sums = out if sums is None else jax.tree.map(jnp.add, sums, out)
     sums = jax.device_get(sums)
