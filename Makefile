@@ -47,17 +47,21 @@ study: $(STAMP)
 # Train Large, Then Compress at CPU scale (docs/compression.md): two sizes pretrained for the same wall-clock on the
 # embedded corpus, each fine-tuned on embedded_sst2 (dense, and pruned to 75% while fine-tuning), then compressed
 # several ways and evaluated: runs/compress-study/{results.csv,accuracy_vs_bytes.png}. Rerunning skips finished
-# pretraining and fine-tuning; the compression and evaluation are redone.
+# pretraining and fine-tuning; the compression and evaluation are redone. Another repeat:
+#   make compress-study CS_DIR=runs/compress-study-seed1 CS_SEED=1
 CS_DIR = runs/compress-study
-CS_RUNS = tiny-nl2-dm128-ff512-kv32-time150-seed0 tiny-nl4-dm192-ff768-kv48-time150-seed0
+CS_SEED = 0
+CS_RUNS = $(addsuffix -time150-seed$(CS_SEED),tiny-nl2-dm128-ff512-kv32 tiny-nl4-dm192-ff768-kv48)
 CS_SETTINGS = bits=8 bits=8,groups=attention+mlp bits=4 bits=4,groups=attention+mlp bits=2 \
 	bits=8,sparsity=0.5 bits=8,sparsity=0.75 bits=4,sparsity=0.5
 compress-study: $(STAMP)
-	$(BIN)/t5scale sweep --gin_file=sweeps/compress_study.gin --gin.SWEEP_DIR="'$(CS_DIR)/pretrain'"
+	$(BIN)/t5scale sweep --gin_file=sweeps/compress_study.gin --gin.SWEEP_DIR="'$(CS_DIR)/pretrain'" \
+	  --gin.sweep_config.seeds="[$(CS_SEED)]"
 	set -e; for run in $(CS_RUNS); do \
-	  $(BIN)/t5scale finetune --gin_file=runs/compress_study_finetune.gin \
+	  $(BIN)/t5scale finetune --gin_file=runs/compress_study_finetune.gin --gin.train_config.seed=$(CS_SEED) \
 	    --gin.INITIAL_CHECKPOINT_PATH="'$(CS_DIR)/pretrain/$$run'" --gin.MODEL_DIR="'$(CS_DIR)/finetune/$$run'"; \
 	  $(BIN)/t5scale finetune --gin_file=runs/compress_study_finetune.gin --gin_file=runs/prune.gin \
+	    --gin.train_config.seed=$(CS_SEED) \
 	    --gin.PRUNE_SPARSITY=0.75 --gin.PRUNE_END_STEP=100 --gin.PRUNE_EVERY=10 \
 	    --gin.INITIAL_CHECKPOINT_PATH="'$(CS_DIR)/pretrain/$$run'" --gin.MODEL_DIR="'$(CS_DIR)/finetune-pruned/$$run'"; \
 	done
