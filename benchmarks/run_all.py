@@ -1,4 +1,4 @@
-"""Every issue-6 benchmark, one after another (never two at once), then one table of ratios against the goals.
+"""Every benchmark (issues 6 and 18), one after another (never two at once), then one table of ratios against the goals.
 
     .venv/bin/python benchmarks/run_all.py                    # full runs (small shape): several minutes
     .venv/bin/python benchmarks/run_all.py --tiny             # smoke test of the whole set, about a minute
@@ -17,7 +17,7 @@ import sys
 import tempfile
 
 HERE = pathlib.Path(__file__).resolve().parent
-BENCHMARKS = ("train_throughput", "compile_time", "decode_throughput", "pipeline_vs_trainer")
+BENCHMARKS = ("train_throughput", "compile_time", "compile_cache", "decode_throughput", "pipeline_vs_trainer")
 
 
 def main() -> None:
