@@ -9,8 +9,8 @@ from __future__ import annotations
 import dataclasses
 
 import jax
-import numpy as np
 from flax import nnx
+from jax.experimental import mesh_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from t5scale.sharding import DATA_AXIS, MODEL_AXIS, RULE_SETS, logical_axis_rules
@@ -21,19 +21,38 @@ class MeshConfig:
     data: int | None = None  # None: all devices not used by `model`
     model: int = 1
     rules: str = "t5x"  # or "fsdp": parameters and optimizer state also split over `data`
+    # Multi-slice (TPU slices joined by the data-center network): how many slices the data axis spans. Each slice
+    # holds data / dcn_data replicas; only the data axis crosses slices, since DCN is far slower than ICI.
+    dcn_data: int = 1
 
     def __post_init__(self):
         if self.rules not in RULE_SETS:
             raise ValueError(f"MeshConfig.rules={self.rules!r}; choose one of {RULE_SETS}.")
+        if self.dcn_data < 1 or (self.data is not None and self.data % self.dcn_data):
+            raise ValueError(f"MeshConfig.dcn_data={self.dcn_data} must be positive and divide data={self.data}.")
 
 
 def make_mesh(cfg: MeshConfig, devices: list | None = None) -> Mesh:
+    """The (data, model) mesh, laid out by JAX's topology-aware `mesh_utils`: on TPUs the model axis goes to
+    neighbouring chips (its collectives run every layer), and with dcn_data > 1 the data axis spans slices
+    (`create_hybrid_device_mesh`, slices told apart by `slice_index`, or by process where devices have none)."""
     devices = jax.devices() if devices is None else devices
     data = cfg.data if cfg.data is not None else len(devices) // cfg.model
     if data * cfg.model != len(devices):
         raise ValueError(f"Mesh (data={data}, model={cfg.model}) needs {data * cfg.model} devices, "
                          f"but there are {len(devices)}.")
-    return Mesh(np.asarray(devices).reshape(data, cfg.model), (DATA_AXIS, MODEL_AXIS))
+    if data % cfg.dcn_data:
+        raise ValueError(f"MeshConfig.dcn_data={cfg.dcn_data} does not divide data={data}.")
+    if cfg.dcn_data == 1:
+        grid = mesh_utils.create_device_mesh((data, cfg.model), devices)
+    else:
+        by_process = not hasattr(devices[0], "slice_index")
+        try:
+            grid = mesh_utils.create_hybrid_device_mesh((data // cfg.dcn_data, cfg.model), (cfg.dcn_data, 1),
+                                                        devices, process_is_granule=by_process)
+        except ValueError as error:  # e.g. "Number of slices 1 must equal the product of dcn_mesh_shape (2, 1)"
+            raise ValueError(f"MeshConfig.dcn_data={cfg.dcn_data}: {error}") from None
+    return Mesh(grid, (DATA_AXIS, MODEL_AXIS))
 
 
 def spec_for(names: tuple[str, ...], shape: tuple[int, ...], mesh: Mesh, rules: str) -> PartitionSpec:

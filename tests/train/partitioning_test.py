@@ -4,6 +4,8 @@ An abstract mesh gives the placements without 8 devices; training under each rul
 trainer_test (test_sharded_meshes_...).
 """
 
+import dataclasses
+
 import pytest
 from flax import nnx
 from jax.sharding import AbstractMesh
@@ -92,3 +94,28 @@ def test_optimizer_statistics_are_placed_like_their_parameters():
     assert specs[f"[0].v_col{wi}"] == P(None, "model")  # [layers, mlp]
     assert specs[f"[0].v{query}"] == P(None, "data", "model", None)  # full size: the parameter's own
     assert specs["[0].count"] == P() and specs[f"[0].v{wi}"] == P()  # a scalar; a (1,) placeholder
+
+
+@dataclasses.dataclass(frozen=True)
+class FakeDevice:
+    """What mesh_utils reads of a device: a non-TPU platform is laid out in the order given."""
+    id: int
+    slice_index: int
+    process_index: int = 0
+    platform: str = "cpu"
+    device_kind: str = "fake"
+
+
+def test_a_multi_slice_mesh_spans_slices_with_the_data_axis_only():
+    devices = [FakeDevice(i, slice_index=i // 4) for i in range(8)]  # two slices of 4
+    mesh = make_mesh(MeshConfig(data=4, model=2, dcn_data=2), devices[::-1])
+    slices = [[d.slice_index for d in row] for row in mesh.devices]
+    assert mesh.devices.shape == (4, 2) and slices == [[0, 0], [0, 0], [1, 1], [1, 1]]  # model within a slice
+    assert make_mesh(MeshConfig(data=4, model=2), devices).devices.shape == (4, 2)
+
+
+def test_slices_the_devices_do_not_have_or_the_data_axis_cannot_split_are_one_line_errors():
+    with pytest.raises(ValueError, match="dcn_data=2: Number of slices 1"):
+        make_mesh(MeshConfig(data=4, model=2, dcn_data=2), [FakeDevice(i, slice_index=0) for i in range(8)])
+    with pytest.raises(ValueError, match="must be positive and divide data=3"):
+        MeshConfig(data=3, dcn_data=2)
