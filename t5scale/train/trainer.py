@@ -52,6 +52,7 @@ from t5scale.train.metrics import NonFiniteLossError  # noqa: F401  (re-exported
 from t5scale.train.optim import OptimConfig, make_learning_rate_fn, make_optimizer
 from t5scale.train import pruning as pruning_lib
 from t5scale.train.partitioning import MeshConfig, batch_sharding, make_mesh, opt_state_shardings, param_shardings
+from t5scale.train.profile import StepProfiler
 from t5scale.train.pruning import PruningConfig
 from t5scale.train.step import TrainState, make_eval_step, make_train_step
 
@@ -87,11 +88,12 @@ class TrainConfig:
     # resume them still does, so a relaunch of the same command does not start over again).
     restart_from_scratch: bool = False
     pruning: PruningConfig | None = None  # gradual magnitude pruning while training (None: dense)
+    profile_steps: int | None = None  # a jax.profiler trace of this many steps, after the first, in MODEL_DIR
 
     def __post_init__(self):
         if self.train_steps < 1 or self.save_every < 1 or self.log_every < 1 or self.microbatches < 1:
             raise ValueError("TrainConfig: train_steps, save_every, log_every and microbatches must be positive.")
-        for name in ("keep_every", "eval_every", "task_eval_every"):
+        for name in ("keep_every", "eval_every", "task_eval_every", "profile_steps"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"TrainConfig.{name} must be positive or None, got {getattr(self, name)}.")
 
@@ -339,6 +341,7 @@ def train(*, model_cfg: ModelConfig, data_cfg: DataConfig, optim_cfg: OptimConfi
     sigterm = _Sigterm()
     step, ended_by = start_step, "train_steps"
     try:
+        profiler = StepProfiler(str(model_dir), start_step, train_cfg.profile_steps)
         while True:
             if step >= train_cfg.train_steps:
                 break
@@ -350,6 +353,7 @@ def train(*, model_cfg: ModelConfig, data_cfg: DataConfig, optim_cfg: OptimConfi
             if (stop := _stop_together(local)) is not None:
                 ended_by = stop
                 break
+            profiler.maybe_start(step, state)
             tic = time.perf_counter()
             if prune_now is not None and train_cfg.pruning.updates_masks_at(step):
                 with jax.set_mesh(mesh):
@@ -357,6 +361,7 @@ def train(*, model_cfg: ModelConfig, data_cfg: DataConfig, optim_cfg: OptimConfi
             with jax.set_mesh(mesh):  # not `with mesh:`: the model's activation constraints read this one
                 state, step_metrics = train_step(state, _global_batch(next(batches), data_sharding), masks)
             step += 1
+            profiler.maybe_stop(step, state)
             logger.record(step, step_metrics)
             if step % train_cfg.log_every == 0:
                 logger.flush(step)  # syncs with the device: the step time below then covers real work
@@ -369,6 +374,7 @@ def train(*, model_cfg: ModelConfig, data_cfg: DataConfig, optim_cfg: OptimConfi
             if step % train_cfg.save_every == 0:
                 save(step)
                 logger.reset_timer(step)
+        profiler.maybe_stop(step, state, force=True)  # the run ended inside the traced steps
         logger.flush(step)
         if step not in checkpointer.steps():
             save(step)
