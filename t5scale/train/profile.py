@@ -1,5 +1,6 @@
 """A `jax.profiler` trace of a few training steps, in MODEL_DIR where TensorBoard's profile tab finds it
-(`MODEL_DIR/plugins/profile/<timestamp>/*.xplane.pb`; `tensorboard --logdir MODEL_DIR`, with tensorboard-plugin-profile).
+(`MODEL_DIR/plugins/profile/<timestamp>/*.xplane.pb`; `tensorboard --logdir MODEL_DIR` with
+tensorboard-plugin-profile installed).
 
 The trace starts after the run's first step (which compiles) and covers `num_steps` steps, synced on both ends so
 it holds their device work. Every host traces its own devices. A gs:// MODEL_DIR gets the trace copied there when
