@@ -112,7 +112,7 @@ def test_training_to_gcs_resumes_after_kill_9_and_warm_starts(gcs, tmp_path):
     finetuned, warm_start = f"gs://{bucket}/ft", f"{full}/checkpoint_{STEPS}"
     run("finetune", "--gin_file=runs/demo_finetune.gin", *SMALL_RUN, "--gin.TRAIN_STEPS=1",
         f"--gin.MODEL_DIR='{finetuned}'", f"--gin.INITIAL_CHECKPOINT_PATH='{warm_start}'",
-        "--gin.train_config.eval_every=0")
+        "--gin.train_config.eval_every=None")
     assert json.loads(epath.Path(finetuned, "config.json").read_text())["train"]["initial_checkpoint_path"] == \
         warm_start
     assert json.loads(epath.Path(finetuned, "train_end.json").read_text())["start_step"] == 0
