@@ -17,7 +17,15 @@ import sys
 import tempfile
 
 HERE = pathlib.Path(__file__).resolve().parent
-BENCHMARKS = ("train_throughput", "compile_time", "compile_cache", "decode_throughput", "pipeline_vs_trainer")
+BENCHMARKS = ("train_throughput", "compile_time", "compile_cache", "decode_throughput", "pipeline_vs_trainer",
+              "memory")
+
+
+def _goal_met(ratio: float | None, goal: list) -> bool | None:
+    if ratio is None:
+        return None
+    op, value = goal
+    return ratio >= value if op == ">=" else ratio <= value
 
 
 def main() -> None:
@@ -44,9 +52,11 @@ def main() -> None:
             print(f"{name:22}{'FAILED':48}")
             continue
         r = results[name]
-        measured = "-" if r["ratio"] is None else f"{r['ratio']:.2f}x"
-        met = {True: "yes", False: "NO", None: "-"}[r["goal_met"]]
-        print(f"{name:22}{r['ratio_name']:48}{measured:>10}{' '.join(map(str, r['goal'])) + 'x':>10}  {met}")
+        # A benchmark with several headline ratios (memory: training and decoding) lists them under "ratios".
+        for row in r.get("ratios") or [{"name": r["ratio_name"], "ratio": r["ratio"], "goal": r["goal"]}]:
+            measured = "-" if row["ratio"] is None else f"{row['ratio']:.2f}x"
+            met = {True: "yes", False: "NO", None: "-"}[_goal_met(row["ratio"], row["goal"])]
+            print(f"{name:22}{row['name']:48}{measured:>10}{' '.join(map(str, row['goal'])) + 'x':>10}  {met}")
     if any(r["tiny"] for r in results.values()):
         print("(tiny shapes: a smoke test of the harness; the ratios say nothing about the goals)")
     if args.json:
