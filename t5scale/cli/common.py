@@ -145,12 +145,13 @@ def split_gin_flags(argv: list[str]) -> tuple[list[str], list[str], list[str]]:
 # --- configurables ---------------------------------------------------------------------------------------------
 
 def model_config(shape: str = "small", EL=None, DL=None, NL=None, DM=None, KV=None, NH=None, FF=None,  # noqa: N803
-                 dropout_rate: float = 0.0, dtype: str = "float32", scan_layers: bool = True,
-                 remat: str = "none") -> config_lib.ModelConfig:
-    """A shape by name, then single operators (None keeps the shape's value). Bound by gin/models/*.gin."""
-    operators = {k: v for k, v in dict(EL=EL, DL=DL, NL=NL, DM=DM, KV=KV, NH=NH, FF=FF).items() if v is not None}
-    return config_lib.shape(shape, **operators, dropout_rate=dropout_rate, dtype=dtype, scan_layers=scan_layers,
-                            remat=remat)
+                 dropout_rate: float | None = None, dtype: str | None = None, scan_layers: bool | None = None,
+                 remat: str | None = None) -> config_lib.ModelConfig:
+    """A shape by name, then single operators and fields. Bound by gin/models/*.gin. None keeps the shape's
+    value: the defaults (dtype, scan_layers, remat, ...) are written once, in ModelConfig."""
+    changes = dict(EL=EL, DL=DL, NL=NL, DM=DM, KV=KV, NH=NH, FF=FF, dropout_rate=dropout_rate, dtype=dtype,
+                   scan_layers=scan_layers, remat=remat)
+    return config_lib.shape(shape, **{k: v for k, v in changes.items() if v is not None})
 
 
 _CONFIGURABLES: dict[str, Callable] = {}

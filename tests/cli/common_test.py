@@ -106,3 +106,11 @@ def test_import_arrows_point_one_way():
         if cli not in path.parents and path.name != "__main__.py":  # `python -m t5scale` is the CLI too
             source = path.read_text()
             assert "t5scale.cli" not in source and "import gin" not in source, path
+
+
+def test_model_config_defaults_are_model_configs():
+    from t5scale import config as config_lib
+    from t5scale.cli import common
+
+    assert common.model_config("small") == config_lib.shape("small")  # one place for the defaults
+    assert common.model_config("small", scan_layers=False, NL=2) == config_lib.shape("small-nl2", scan_layers=False)
