@@ -6,8 +6,14 @@
 seqio.Evaluator reads each task's evaluation split, our model decodes (greedy, or beam search with T5's brevity
 penalty) or scores targets (for rank-based metrics), and the task's postprocessor and metric functions do the rest.
 Writes `output_dir/metrics.json` (per-task metrics, GLUE and SuperGLUE averages) and seqio's per-task
-`<task>-<step, 6 digits>.jsonl` predictions; `format_table` prints the summary. Runs in one process. A compressed
-checkpoint (t5scale.compress) evaluates the same way, its weights dequantized to float32, under its source's step.
+`<task>-<step, 6 digits>.jsonl` predictions; `format_table` prints the summary. A compressed checkpoint
+(t5scale.compress) evaluates the same way, its weights dequantized to float32, under its source's step.
+
+On several devices or hosts (every host runs the same command, as for training) the parameters are placed on the
+mesh as in training, every global batch is split over the data axis so that each host decodes its share of the
+examples, the outputs are gathered, and process 0 alone computes the metrics and writes the files: the metrics
+equal one process's. The trainer calls `evaluate_model` the same way with its own sharded parameters, every
+`train_config.task_eval_every` steps (t5x's eval period).
 """
 
 from __future__ import annotations
@@ -16,14 +22,18 @@ import dataclasses
 import json
 from typing import Callable, Iterator, Mapping
 
+import jax
 import numpy as np
 import seqio
 from etils import epath
+from flax import nnx
+from jax.experimental import multihost_utils
 
 from t5scale.compress.checkpoint import load_any
 from t5scale.data import metrics as metrics_lib
 from t5scale.data.tasks import get_task_or_mixture
 from t5scale.model import decoding
+from t5scale.train.partitioning import MeshConfig, batch_sharding, make_mesh, param_shardings
 from t5scale.staging import StagedDir
 
 # T5's benchmark scores; each is reported only when every task it averages was evaluated.
@@ -59,42 +69,91 @@ def _batches(dataset, batch_size: int) -> Iterator[tuple[list[int], dict[str, np
         yield indices, {k: np.pad(v, [(0, pad)] + [(0, 0)] * (v.ndim - 1)) for k, v in features.items()}
 
 
-def make_predict_fn(model, cfg: EvalConfig) -> Callable:
+def _over_batches(compute: Callable, dataset, batch_size: int, mesh) -> list[tuple[int, object]]:
+    """(index, output row) of `compute(batch)` over the dataset in global batches. With a mesh, each process puts
+    its slice of the batch rows on its devices (the data axis splits the batch) and gets every row back."""
+    processes, out = jax.process_count(), []
+    if batch_size % processes:
+        raise ValueError(f"The eval batch size {batch_size} does not split over {processes} processes.")
+    local = slice(jax.process_index() * batch_size // processes, (jax.process_index() + 1) * batch_size // processes)
+    for indices, batch in _batches(dataset, batch_size):
+        if mesh is None:
+            values = np.asarray(compute(batch))
+        else:
+            sharding = batch_sharding(mesh)
+            with mesh:
+                values = compute({k: jax.make_array_from_process_local_data(sharding, v[local])
+                                  for k, v in batch.items()})
+            values = np.asarray(multihost_utils.process_allgather(values, tiled=True))
+        out += zip(indices, values.tolist())
+    return out
+
+
+def make_predict_fn(model, cfg: EvalConfig, mesh=None) -> Callable:
     def predict_fn(dataset, model_feature_shapes=None):
-        return [(index, row) for indices, batch in _batches(dataset, cfg.batch_size)
-                for index, row in zip(indices, np.asarray(decoding.predict_batch(
-                    model, batch, beam_size=cfg.beam_size, alpha=cfg.alpha)).tolist())]
+        return _over_batches(lambda batch: decoding.predict_batch(model, batch, beam_size=cfg.beam_size,
+                                                                  alpha=cfg.alpha), dataset, cfg.batch_size, mesh)
 
     return predict_fn
 
 
-def make_score_fn(model, cfg: EvalConfig) -> Callable:
+def make_score_fn(model, cfg: EvalConfig, mesh=None) -> Callable:
     def score_fn(dataset, model_feature_shapes=None):
-        return [(index, value) for indices, batch in _batches(dataset, cfg.batch_size)
-                for index, value in zip(indices, np.asarray(decoding.score_batch(model, batch)).tolist())]
+        return _over_batches(lambda batch: decoding.score_batch(model, batch), dataset, cfg.batch_size, mesh)
 
     return score_fn
 
 
-def evaluate(cfg: EvalConfig) -> dict:
-    """Metrics of every task of the mixture (or the task) that has `cfg.split` and metrics; see the module doc."""
+def place_on_mesh(model, mesh, rules: str) -> None:
+    """Every host holds the whole model (as loaded); put its parameters on the mesh as training places them."""
+    params = nnx.state(model, nnx.Param)
+    shardings = param_shardings(params, mesh, rules)
+    def place(variable, sharding):
+        value = np.asarray(variable.get_value())
+        variable.set_value(jax.make_array_from_callback(value.shape, sharding, lambda index: value[index]))
+
+    jax.tree.map(place, params, shardings, is_leaf=lambda x: isinstance(x, nnx.Variable))
+    nnx.update(model, params)
+
+
+def evaluate(cfg: EvalConfig, mesh_cfg: MeshConfig | None = None) -> dict | None:
+    """Metrics of every task of the mixture (or the task) that has `cfg.split` and metrics; see the module doc.
+    On more than one device or process the parameters go on the `mesh_cfg` mesh (default: all devices on the data
+    axis). Returns the summary on process 0, None on the others."""
     get_task_or_mixture(cfg.mixture_or_task_name)  # registers our tasks; names the known ones if unknown
     model, checkpoint, step = load_any(cfg.checkpoint_path)
+    mesh = None
+    if jax.device_count() > 1 or mesh_cfg is not None:
+        mesh_cfg = mesh_cfg or MeshConfig()
+        mesh = make_mesh(mesh_cfg)
+        place_on_mesh(model, mesh, mesh_cfg.rules)
+    return evaluate_model(model, step, cfg, checkpoint=str(checkpoint), mesh=mesh)
+
+
+def evaluate_model(model, step: int, cfg: EvalConfig, *, checkpoint: str, mesh=None) -> dict | None:
+    """`evaluate` of a model in memory (its parameters on `mesh`, or local without one); `cfg.checkpoint_path` is
+    not read. Every process must call it; process 0 writes and returns the summary, the others return None."""
+    get_task_or_mixture(cfg.mixture_or_task_name)
+    main = jax.process_index() == 0
     output_dir = epath.Path(cfg.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
+    if main:
+        output_dir.mkdir(parents=True, exist_ok=True)
     # seqio's logger writes through tf.io.gfile: for gs:// into a local folder, copied up with epath at the end.
-    logs = StagedDir(cfg.output_dir, download=("*-metrics.jsonl",))  # it rewrites these with the new step added
+    logs = StagedDir(cfg.output_dir, download=("*-metrics.jsonl",)) if main else None  # rewritten with the new step
     evaluator = seqio.Evaluator(
         cfg.mixture_or_task_name, feature_converter=seqio.EncDecFeatureConverter(pack=False), eval_split=cfg.split,
-        sequence_length=cfg.task_feature_lengths, num_examples=cfg.num_examples, logger_cls=[seqio.JSONLogger],
-        log_dir=logs.local, async_compute_metrics=False)
+        sequence_length=cfg.task_feature_lengths, num_examples=cfg.num_examples,
+        logger_cls=[seqio.JSONLogger] if main else [], log_dir=logs.local if main else None,
+        async_compute_metrics=False)
     if not evaluator.eval_tasks:
         raise ValueError(f"No task of {cfg.mixture_or_task_name!r} has a {cfg.split!r} split and metrics.")
-    all_metrics, _ = evaluator.evaluate(compute_metrics=True, step=step, predict_fn=make_predict_fn(model, cfg),
-                                        score_fn=make_score_fn(model, cfg))
+    all_metrics, _ = evaluator.evaluate(compute_metrics=main, step=step, predict_fn=make_predict_fn(model, cfg, mesh),
+                                        score_fn=make_score_fn(model, cfg, mesh))
+    if not main:
+        return None
     tasks = {task: {name: float(getattr(value, "value", value)) for name, value in values.items()}
              for task, values in sorted(all_metrics.result().items())}
-    summary = {"checkpoint": str(checkpoint), "step": step, "split": cfg.split, "tasks": tasks,
+    summary = {"checkpoint": checkpoint, "step": step, "split": cfg.split, "tasks": tasks,
                "averages": benchmark_averages(tasks)}
     logs.close()  # the predictions first: metrics.json says the evaluation is complete
     (output_dir / "metrics.json").write_text(json.dumps(summary, indent=1) + "\n")

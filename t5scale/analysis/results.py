@@ -3,8 +3,10 @@
 Per run (an ordinary MODEL_DIR) it reads: `config.json` (shape, lengths, batch), `train_end.json` (steps, what
 ended it, training and compile seconds), `metrics.jsonl` (training loss per step), `eval.jsonl` (validation
 loss), `throughput.jsonl` (step time and tokens/s per logged window, compile excluded), `run_info.json` (devices,
-versions) and any eval `metrics.json` below it (downstream scores). A step logged twice (a resume reruns the
-steps after its checkpoint) counts once, with its last entry.
+versions), `task_eval.jsonl` (task metrics every `task_eval_every` steps of a fine-tuning run) and any eval
+`metrics.json` below it (downstream scores: the best per metric, with the step it came from, as T5 and the paper
+report the best validation score over fine-tuning checkpoints). A step logged twice (a resume reruns the steps
+after its checkpoint) counts once, with its last entry.
 
 Quality: validation cross-entropy per target token in nats; negative log-perplexity = -loss (higher is better).
 """
@@ -107,18 +109,23 @@ def seconds_at(cumulative: dict[int, float], step: int) -> float | None:
 
 
 def downstream_scores(run_dir: epath.Path) -> dict[str, float]:
-    """`task/metric` (and benchmark averages) of every eval metrics.json below the run, the best per column
-    when several checkpoints were evaluated."""
-    scores: dict[str, float] = {}
+    """`task/metric` (and benchmark averages) of every evaluation of the run, the best per column, and
+    `task/metric@step`, the step of that best (the earliest on a tie). Evaluations: the rows of task_eval.jsonl (a
+    fine-tuning run's periodic ones, in this run dir or one level down) and every eval metrics.json below the run."""
+    summaries = []
     # At most two levels down (MODEL_DIR/finetune/eval/metrics.json); epath does not glob recursively on gs://.
-    for path in sorted(p for pattern in ("metrics.json", "*/metrics.json", "*/*/metrics.json")
-                       for p in run_dir.glob(pattern)):
-        summary = json.loads(path.read_text())
+    for pattern in ("task_eval.jsonl", "*/task_eval.jsonl"):
+        summaries += [row for path in sorted(run_dir.glob(pattern)) for row in read_jsonl(path)]
+    summaries += [json.loads(path.read_text()) for path in sorted(
+        p for pattern in ("metrics.json", "*/metrics.json", "*/*/metrics.json") for p in run_dir.glob(pattern))]
+    scores: dict[str, float] = {}
+    for summary in sorted(summaries, key=lambda s: s.get("step", math.inf)):
         values = {f"{task}/{name}": value for task, metrics in summary.get("tasks", {}).items()
                   for name, value in metrics.items()}
         values.update(summary.get("averages", {}))
         for key, value in values.items():
-            scores[key] = max(scores.get(key, -math.inf), value)
+            if value > scores.get(key, -math.inf):
+                scores[key], scores[f"{key}@step"] = value, summary.get("step")
     return scores
 
 

@@ -167,11 +167,12 @@ def configurable(fn_or_class: Callable, name: str) -> None:
 configurable(model_config, "model_config")
 
 
-def call_configurable(name: str):
-    """The configurable `name` called with its gin bindings; a bad or missing binding is one UsageError line,
-    and so is a field still bound to a `%gin.REQUIRED` macro (gin itself passes the sentinel through)."""
+def call_configurable(name: str, **explicit):
+    """The configurable `name` called with its gin bindings (and `explicit` arguments, which win over them); a bad
+    or missing binding is one UsageError line, and so is a field still bound to a `%gin.REQUIRED` macro (gin itself
+    passes the sentinel through)."""
     try:
-        value = gin.get_configurable(name)()
+        value = gin.get_configurable(name)(**explicit)
     except (ValueError, TypeError) as error:
         # A REQUIRED value inside a nested configurable (train_config.pruning = @pruning_config()) reaches that
         # dataclass's checks first, which cannot name the flag: name it here.
@@ -182,6 +183,15 @@ def call_configurable(name: str):
             flag = f"--gin.{binding[1:]}=..." if binding.startswith("%") else f"--gin.{name}.{field.name}=..."
             raise UsageError(f"{name}.{field.name} is required: set it with {flag}")
     return value
+
+
+def is_bound(parameter: str) -> bool:
+    """Whether gin binds `configurable.parameter`."""
+    try:
+        gin.query_parameter(parameter)
+        return True
+    except ValueError:
+        return False
 
 
 def _required_binding() -> str | None:

@@ -23,13 +23,14 @@ FINETUNE_DROPOUT = 0.1  # T5's fine-tuning dropout, when no gin file sets DROPOU
 def _register_configurables() -> None:
     """The run's dataclasses, configurable by gin under t5x-like names."""
     from t5scale.data.pipeline import DataConfig
+    from t5scale.evaluate import EvalConfig
     from t5scale.train.optim import OptimConfig
     from t5scale.train.partitioning import MeshConfig
     from t5scale.train.pruning import PruningConfig
     from t5scale.train.trainer import TrainConfig
 
     for cls, name in ((DataConfig, "data_config"), (OptimConfig, "optim_config"), (MeshConfig, "mesh_config"),
-                      (TrainConfig, "train_config"), (PruningConfig, "pruning_config")):
+                      (TrainConfig, "train_config"), (PruningConfig, "pruning_config"), (EvalConfig, "eval_config")):
         common.configurable(cls, name)
 
 
@@ -65,6 +66,25 @@ def finetune(args, gin_files, bindings) -> dict:
     return run_training(ModelConfig.from_dict(saved["model"]).replace(dropout_rate=dropout_rate))
 
 
+def _task_evaluator(data_cfg, train_cfg):
+    """For train_config.task_eval_every: t5scale.evaluate on the run's task (validation split, the training feature
+    lengths and batch size unless `eval_config.*` binds them), into MODEL_DIR/task_eval/."""
+    if not train_cfg.task_eval_every:
+        return None
+    from t5scale.evaluate import evaluate_model
+
+    defaults = {"task_feature_lengths": data_cfg.task_feature_lengths, "batch_size": data_cfg.batch_size}
+    cfg = common.call_configurable(
+        "eval_config", checkpoint_path=train_cfg.model_dir, mixture_or_task_name=data_cfg.mixture_or_task_name,
+        output_dir=f"{train_cfg.model_dir.rstrip('/')}/task_eval",
+        **{k: v for k, v in defaults.items() if not common.is_bound(f"eval_config.{k}")})
+
+    def evaluate(model, step: int, mesh):
+        return evaluate_model(model, step, cfg, checkpoint=f"{train_cfg.model_dir}/checkpoint_{step}", mesh=mesh)
+
+    return evaluate
+
+
 def run_training(model_cfg: ModelConfig) -> dict:
     """Train with the parsed gin configuration; every gs:// path is checked before anything is written."""
     from t5scale.data.tasks import get_task_or_mixture, remote_inputs
@@ -91,7 +111,7 @@ def run_training(model_cfg: ModelConfig) -> dict:
                                       if train_cfg.initial_checkpoint_path else ""))
     result = train_loop(model_cfg=model_cfg, data_cfg=data_cfg, optim_cfg=common.call_configurable("optim_config"),
                         mesh_cfg=common.call_configurable("mesh_config"), train_cfg=train_cfg,
-                        gin_config=gin.config_str())
+                        gin_config=gin.config_str(), task_evaluator=_task_evaluator(data_cfg, train_cfg))
     print(f"stopped at step {result.step} ({result.ended_by}); last training loss {result.last_loss:.4f}; "
           f"checkpoints, config.json, metrics.jsonl and TensorBoard events in {result.model_dir}")
     if result.target_tokens_per_s:

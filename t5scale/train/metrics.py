@@ -193,6 +193,17 @@ class MetricsLogger:
             self._append("eval.jsonl", {"step": step, **values})
         self._bar.write(f"step {step}: validation loss {values['loss']:.4f}, accuracy {values['accuracy']:.4f}")
 
+    def write_task_eval(self, step: int, summary: dict | None) -> None:
+        """A task evaluation's metrics (t5scale.evaluate's summary; None on the processes that do not write)."""
+        if summary is None:
+            return
+        values = {f"{task}/{name}": value for task, metrics in summary["tasks"].items()
+                  for name, value in metrics.items()}
+        values.update(summary["averages"])
+        self._writer.write_scalars(step, {f"task_eval/{k}": v for k, v in values.items()})
+        self._append("task_eval.jsonl", {"step": step, "tasks": summary["tasks"], "averages": summary["averages"]})
+        self._bar.write(f"step {step}: " + ", ".join(f"{k} {v:.2f}" for k, v in values.items()))
+
     def _append(self, name: str, row: dict) -> None:
         append_lines(self._dir / name, [row])
 

@@ -85,3 +85,18 @@ def test_training_seconds_of_an_eval_between_logged_windows_come_from_the_window
     assert results.seconds_at({10: 2.0, 20: 4.5}, 15) == 2.0
     assert results.seconds_at({10: 2.0, 20: 4.5}, 20) == 4.5
     assert results.seconds_at({10: 2.0}, 5) is None
+
+
+def test_downstream_scores_are_the_best_over_fine_tuning_evaluations_with_their_step(tmp_path):
+    """T5 reports the best validation score over fine-tuning checkpoints: per metric, with the step it came from."""
+    run = tmp_path / "run"
+    (run / "finetune" / "eval").mkdir(parents=True)
+    evals = [{"step": 100, "tasks": {"cola": {"mcc": 20.0}, "sst2": {"accuracy": 80.0}}, "averages": {}},
+             {"step": 200, "tasks": {"cola": {"mcc": 35.0}, "sst2": {"accuracy": 79.0}}, "averages": {}},
+             {"step": 300, "tasks": {"cola": {"mcc": 35.0}, "sst2": {"accuracy": 78.0}}, "averages": {}},
+             {"step": 200, "tasks": {"cola": {"mcc": 30.0}, "sst2": {"accuracy": 79.0}}, "averages": {}}]  # resumed
+    (run / "finetune" / "task_eval.jsonl").write_text("".join(json.dumps(e) + "\n" for e in evals))
+    (run / "finetune" / "eval" / "metrics.json").write_text(json.dumps(
+        {"step": 400, "tasks": {"cola": {"mcc": 10.0}, "sst2": {"accuracy": 81.0}}, "averages": {}}))
+    assert results.downstream_scores(run) == {"cola/mcc": 35.0, "cola/mcc@step": 300,  # 200's last entry is 30
+                                              "sst2/accuracy": 81.0, "sst2/accuracy@step": 400}

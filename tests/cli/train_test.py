@@ -7,6 +7,8 @@ import socket
 import subprocess
 import sys
 
+import pytest
+
 from t5scale.cli.main import main
 
 TINY = ["--gin.MODEL_SHAPE='tiny'", "--gin.NL=1", "--gin.DM=32", "--gin.KV=8", "--gin.NH=2", "--gin.FF=48"]
@@ -57,18 +59,21 @@ def test_default_run_without_storage_access_is_one_line_and_writes_nothing(tmp_p
     assert not model_dir.exists()
 
 
-def pretrained_tiny(model_dir) -> None:
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory):
+    """A tiny model pretrained one step on the embedded corpus (fine-tuning tests start from it)."""
+    model_dir = tmp_path_factory.mktemp("pretrained")
     assert main(["train", "--gin_file=models/shape.gin", "--gin_file=runs/pretrain.gin", *TINY,
                  "--gin.MIXTURE_OR_TASK_NAME='embedded_span_corruption'", "--gin.BATCH_SIZE=4",
                  "--gin.TASK_FEATURE_LENGTHS={'inputs': 32, 'targets': 8}", "--gin.TRAIN_STEPS=1",
                  f"--gin.MODEL_DIR='{model_dir}'", "--gin.train_config.progress_bar=False"]) == 0
+    return model_dir
 
 
-def test_finetune_prunes_with_runs_prune_gin(tmp_path, capsys):
-    pretrained_tiny(tmp_path / "pretrained")
+def test_finetune_prunes_with_runs_prune_gin(pretrained, tmp_path, capsys):
     model_dir = tmp_path / "pruned"
     argv = ["finetune", "--gin_file=runs/finetune.gin", "--gin_file=runs/prune.gin",
-            f"--gin.INITIAL_CHECKPOINT_PATH='{tmp_path / 'pretrained'}'", f"--gin.MODEL_DIR='{model_dir}'",
+            f"--gin.INITIAL_CHECKPOINT_PATH='{pretrained}'", f"--gin.MODEL_DIR='{model_dir}'",
             "--gin.MIXTURE_OR_TASK_NAME='embedded_sst2'", "--gin.BATCH_SIZE=4",
             "--gin.TASK_FEATURE_LENGTHS={'inputs': 32, 'targets': 4}", "--gin.TRAIN_STEPS=3",
             "--gin.PRUNE_SPARSITY=0.75", "--gin.PRUNE_END_STEP=2", "--gin.PRUNE_EVERY=1",
@@ -87,3 +92,27 @@ def test_finetune_prunes_with_runs_prune_gin(tmp_path, capsys):
     capsys.readouterr()
     assert main([a for a in argv if "PRUNE_SPARSITY" not in a] + [f"--gin.MODEL_DIR='{tmp_path / 'x'}'"]) == 2
     assert "--gin.PRUNE_SPARSITY=" in capsys.readouterr().err
+
+
+def test_finetune_evaluates_the_task_every_n_steps_and_results_take_the_best(pretrained, tmp_path, capsys):
+    from t5scale.analysis.results import downstream_scores, read_jsonl
+    from etils import epath
+
+    model_dir = tmp_path / "ft"
+    assert main(["finetune", "--gin_file=runs/finetune.gin", f"--gin.INITIAL_CHECKPOINT_PATH='{pretrained}'",
+                 f"--gin.MODEL_DIR='{model_dir}'", "--gin.MIXTURE_OR_TASK_NAME='embedded_sst2'",
+                 "--gin.BATCH_SIZE=4", "--gin.TASK_FEATURE_LENGTHS={'inputs': 32, 'targets': 4}",
+                 "--gin.TRAIN_STEPS=5", "--gin.train_config.task_eval_every=2", "--gin.eval_config.num_examples=8",
+                 "--gin.train_config.progress_bar=False"]) == 0, capsys.readouterr().err
+    rows = read_jsonl(epath.Path(model_dir) / "task_eval.jsonl")
+    assert [r["step"] for r in rows] == [2, 4, 5]  # every 2 steps, and the final state
+    assert all(set(r["tasks"]) == {"embedded_sst2"} and 0 <= r["tasks"]["embedded_sst2"]["accuracy"] <= 100
+               for r in rows)
+    summary = json.loads((model_dir / "task_eval" / "metrics.json").read_text())  # the latest, as `t5scale eval`
+    assert summary["step"] == 5 and summary["tasks"] == rows[-1]["tasks"]
+    assert len((model_dir / "task_eval" / "embedded_sst2-000004.jsonl").read_text().splitlines()) == 8
+    best = max(rows, key=lambda r: (r["tasks"]["embedded_sst2"]["accuracy"], -r["step"]))
+    scores = downstream_scores(epath.Path(model_dir))
+    assert (scores["embedded_sst2/accuracy"], scores["embedded_sst2/accuracy@step"]) == (
+        best["tasks"]["embedded_sst2"]["accuracy"], best["step"])
+    assert "step 2: embedded_sst2/accuracy" in capsys.readouterr().out
