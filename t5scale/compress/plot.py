@@ -17,8 +17,13 @@ def plot_accuracy_vs_bytes(rows: list[dict], path: str, *, quality_label: str = 
     figure = Figure(figsize=(7, 4.5), layout="constrained")
     axes = figure.subplots()
     for model in dict.fromkeys(r["model"] for r in rows):
-        points = sorted((r for r in rows if r["model"] == model), key=lambda r: r["params_bytes"])
-        axes.plot([r["params_bytes"] for r in points], [r["score"] for r in points], "o-", label=model)
+        points = [r for r in rows if r["model"] == model]
+        # The line joins the size's own best points (its frontier); the settings it beats are markers only, so the
+        # line does not zigzag through every setting in order of bytes.
+        own = frontier(points)
+        line, = axes.plot([r["params_bytes"] for r in own], [r["score"] for r in own], "o-", label=model)
+        axes.plot([r["params_bytes"] for r in points], [r["score"] for r in points], "o", color=line.get_color(),
+                  alpha=0.6)
         for r in points:
             axes.annotate(r["setting"], (r["params_bytes"], r["score"]), fontsize=6, xytext=(3, 3),
                           textcoords="offset points")
