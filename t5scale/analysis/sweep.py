@@ -6,7 +6,10 @@
 Shapes come from names and from grids over operators on a base shape (the full product, or the operator lists
 zipped); `param_match` keeps only shapes whose non-embedding parameter count (independent of the task's vocabulary)
 is within that fraction of the median, for
-"deep-narrow vs wide at similar params". A run's status is read back from its MODEL_DIR's `train_end.json`.
+"deep-narrow vs wide at similar params". With `finetune_gin_files`, each pretrained run is then fine-tuned into
+MODEL_DIR/finetune (downstream quality as the paper measures it: with `train_config.task_eval_every` among the
+fine-tuning bindings, the results table takes the best validation score per task and its step). A run's status is
+read back from the `train_end.json` of its MODEL_DIR (and of its fine-tuning).
 """
 
 from __future__ import annotations
@@ -36,6 +39,8 @@ class SweepConfig:
     seeds: Sequence[int] = (0,)
     run_gin_files: Sequence[str] = ("runs/pretrain.gin",)  # the run every shape gets
     bindings: Sequence[str] = ()  # more gin bindings for every run, e.g. "BATCH_SIZE=16"
+    finetune_gin_files: Sequence[str] = ()  # e.g. ("runs/finetune.gin",): then fine-tune every pretrained run
+    finetune_bindings: Sequence[str] = ()  # e.g. "MIXTURE_OR_TASK_NAME='glue_v002_proportional'"
 
     def __post_init__(self):
         if not self.shapes and not self.grids:
@@ -113,6 +118,26 @@ def run_status(model_dir: str) -> str:
         if ended_by == "nan":
             return "diverged"
     return "interrupted" if path.exists() and any(path.iterdir()) else "new"
+
+
+def finetune_dir(run: Run) -> str:
+    return str(epath.Path(run.model_dir) / "finetune")
+
+
+def sweep_status(cfg: SweepConfig, run: Run) -> str:
+    """`run_status` of the whole run: pretraining, then its fine-tuning when the sweep has one."""
+    status = run_status(run.model_dir)
+    if status != "finished" or not cfg.finetune_gin_files:
+        return status
+    status = run_status(finetune_dir(run))
+    return "interrupted" if status == "new" else status
+
+
+def finetune_argv(cfg: SweepConfig, run: Run) -> list[str]:
+    """The `t5scale finetune` arguments of one run: from its newest pretraining checkpoint into MODEL_DIR/finetune."""
+    return ["finetune", *[f"--gin_file={f}" for f in cfg.finetune_gin_files],
+            f"--gin.INITIAL_CHECKPOINT_PATH='{run.model_dir}'", f"--gin.MODEL_DIR='{finetune_dir(run)}'",
+            f"--gin.train_config.seed={run.seed}", *[f"--gin.{b}" for b in cfg.finetune_bindings]]
 
 
 def train_argv(cfg: SweepConfig, run: Run) -> list[str]:

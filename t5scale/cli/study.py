@@ -23,7 +23,15 @@ import gin
 from t5scale.analysis import fit as fit_lib
 from t5scale.analysis import pareto as pareto_lib
 from t5scale.analysis import plots, results
-from t5scale.analysis.sweep import SweepConfig, plan_runs, run_status, train_argv
+from t5scale.analysis.sweep import (
+    SweepConfig,
+    finetune_argv,
+    finetune_dir,
+    plan_runs,
+    run_status,
+    sweep_status,
+    train_argv,
+)
 from t5scale.cli import common
 
 DIVERGED_EXIT = 3  # `t5scale train`'s exit code for a NaN loss
@@ -80,9 +88,9 @@ def _write_plan(cfg: SweepConfig, runs) -> None:
 def _run_all(cfg: SweepConfig, runs, total: int) -> dict[str, str]:
     """Run each unfinished run in its own process, one after another, with a progress line each."""
     outcomes, spent, started = {}, [], time.monotonic()
-    todo = [run for run in runs if run_status(run.model_dir) in ("new", "interrupted")]
+    todo = [run for run in runs if sweep_status(cfg, run) in ("new", "interrupted")]
     for run in runs:
-        status = run_status(run.model_dir)
+        status = sweep_status(cfg, run)
         prefix = f"[{run.index + 1}/{total}] {run.name}"
         if status in ("finished", "diverged"):
             print(f"{prefix}: {status} earlier, skipped")
@@ -102,19 +110,28 @@ def _run_all(cfg: SweepConfig, runs, total: int) -> dict[str, str]:
 
 
 def _train(cfg: SweepConfig, run) -> str:
-    """One run as `python -m t5scale train ...`; its output goes to MODEL_DIR/train.log (to the console when
-    MODEL_DIR is on gs://, where a file cannot be appended to)."""
-    argv = [sys.executable, "-m", "t5scale", *train_argv(cfg, run)]
-    if "://" in run.model_dir:
-        code = subprocess.run(argv).returncode
-    else:
-        model_dir = pathlib.Path(run.model_dir)
-        model_dir.mkdir(parents=True, exist_ok=True)
-        with (model_dir / "train.log").open("a") as log:
-            code = subprocess.run(argv, stdout=log, stderr=subprocess.STDOUT).returncode
-    if code == 0:
-        return run_status(run.model_dir)
-    return "diverged" if code == DIVERGED_EXIT else "failed"
+    """One run as `python -m t5scale train ...`, then (when the sweep fine-tunes) `python -m t5scale finetune ...`,
+    each in its own process, skipping a stage that finished before."""
+    stages = [(run.model_dir, train_argv(cfg, run))]
+    if cfg.finetune_gin_files:
+        stages.append((finetune_dir(run), finetune_argv(cfg, run)))
+    for model_dir, argv in stages:
+        if run_status(model_dir) == "finished":
+            continue
+        code = _run_process([sys.executable, "-m", "t5scale", *argv], model_dir)
+        if code != 0:
+            return "diverged" if code == DIVERGED_EXIT else "failed"
+    return sweep_status(cfg, run)
+
+
+def _run_process(argv: list[str], model_dir: str) -> int:
+    """Its output goes to MODEL_DIR/train.log (to the console when MODEL_DIR is on gs://, where a file cannot be
+    appended to)."""
+    if "://" in model_dir:
+        return subprocess.run(argv).returncode
+    pathlib.Path(model_dir).mkdir(parents=True, exist_ok=True)
+    with (pathlib.Path(model_dir) / "train.log").open("a") as log:
+        return subprocess.run(argv, stdout=log, stderr=subprocess.STDOUT).returncode
 
 
 def _sweep_dir_argument(parser) -> None:

@@ -5,7 +5,15 @@ import json
 
 import pytest
 
-from t5scale.analysis.sweep import SweepConfig, expand_shapes, plan_runs, run_status, train_argv
+from t5scale.analysis.sweep import (
+    SweepConfig,
+    expand_shapes,
+    finetune_argv,
+    plan_runs,
+    run_status,
+    sweep_status,
+    train_argv,
+)
 from t5scale.cli.common import split_gin_flags
 
 
@@ -71,3 +79,20 @@ def test_run_status_from_the_run_directory(tmp_path):
                              ("flop_budget", "finished"), ("nan", "diverged")]:
         (tmp_path / "r" / "train_end.json").write_text(json.dumps({"ended_by": ended_by}))
         assert run_status(str(tmp_path / "r")) == status, ended_by
+
+
+def test_a_sweep_that_fine_tunes_starts_from_each_pretrained_run_and_is_finished_after_both(tmp_path):
+    cfg = SweepConfig(str(tmp_path), shapes=("tiny",), budgets=({"train_steps": 5},), seeds=(2,),
+                      finetune_gin_files=("runs/finetune.gin",), finetune_bindings=("TRAIN_STEPS=3",))
+    (run,) = plan_runs(cfg)
+    rest, files, bindings = split_gin_flags(finetune_argv(cfg, run))
+    assert rest == ["finetune"] and files == ["runs/finetune.gin"]
+    assert bindings == [f"INITIAL_CHECKPOINT_PATH='{run.model_dir}'", f"MODEL_DIR='{run.model_dir}/finetune'",
+                        "train_config.seed=2", "TRAIN_STEPS=3"]
+    (tmp_path / run.name).mkdir()
+    (tmp_path / run.name / "train_end.json").write_text(json.dumps({"ended_by": "train_steps"}))
+    assert run_status(run.model_dir) == "finished" and sweep_status(cfg, run) == "interrupted"  # not fine-tuned
+    (tmp_path / run.name / "finetune").mkdir()
+    for ended_by, status in [("sigterm", "interrupted"), ("nan", "diverged"), ("train_steps", "finished")]:
+        (tmp_path / run.name / "finetune" / "train_end.json").write_text(json.dumps({"ended_by": ended_by}))
+        assert sweep_status(cfg, run) == status

@@ -93,3 +93,32 @@ def test_list_prints_one_command_per_run_and_run_index_is_checked(tmp_path, caps
     assert main(["sweep", f"--gin_file={gin_file}", "--run_index=2"]) == 2
     assert "--run_index=2: the sweep has runs 0..1" in capsys.readouterr().err
     assert not (tmp_path / "runs").exists()
+
+
+def test_a_sweep_fine_tunes_each_run_and_the_table_has_the_best_task_score_with_its_step(tmp_path, capsys):
+    gin_file = tmp_path / "sweep.gin"
+    gin_file.write_text(f"""
+sweep_config.sweep_dir = '{tmp_path / "runs"}'
+sweep_config.shapes = ['tiny-nl1-dm32-kv8-nh2-ff64']
+sweep_config.budgets = [{{'train_steps': 2}}]
+sweep_config.run_gin_files = ['runs/demo.gin']
+sweep_config.bindings = ["TASK_FEATURE_LENGTHS={{'inputs': 32, 'targets': 8}}", 'BATCH_SIZE=4',
+                         'train_config.progress_bar=False']
+sweep_config.finetune_gin_files = ['runs/finetune.gin']
+sweep_config.finetune_bindings = ["MIXTURE_OR_TASK_NAME='embedded_sst2'", 'TRAIN_STEPS=4', 'BATCH_SIZE=4',
+                                  "TASK_FEATURE_LENGTHS={{'inputs': 32, 'targets': 4}}",
+                                  'train_config.task_eval_every=2', 'eval_config.num_examples=4',
+                                  'train_config.progress_bar=False']
+""")
+    assert main(["sweep", f"--gin_file={gin_file}"]) == 0
+    run_dir = tmp_path / "runs" / "tiny-nl1-dm32-kv8-nh2-ff64-steps2-seed0"
+    assert json.loads((run_dir / "finetune" / "train_end.json").read_text())["ended_by"] == "train_steps"
+    (row,) = json.loads((tmp_path / "runs" / "results.json").read_text())
+    evals = [json.loads(line) for line in (run_dir / "finetune" / "task_eval.jsonl").read_text().splitlines()]
+    assert [e["step"] for e in evals] == [2, 4]
+    best = max(evals, key=lambda e: (e["tasks"]["embedded_sst2"]["accuracy"], -e["step"]))
+    assert row["embedded_sst2/accuracy"] == best["tasks"]["embedded_sst2"]["accuracy"]
+    assert row["embedded_sst2/accuracy@step"] == best["step"]
+    capsys.readouterr()
+    assert main(["sweep", f"--gin_file={gin_file}"]) == 0  # both stages done: skipped
+    assert "finished earlier, skipped" in capsys.readouterr().out
