@@ -258,7 +258,7 @@ def run(argv: list[str], description: str = "", order: tuple[str, ...] = ()) -> 
     """Parse argv, run the command; a user's mistake is one line on stderr and exit code 2 (3 for a NaN loss)."""
     from t5scale.cache import set_compilation_cache
     from t5scale.storage import StorageError
-    from t5scale.train.checkpoints import CheckpointWriteError
+    from t5scale.train.checkpoints import CheckpointReadError, CheckpointWriteError
 
     try:
         rest, gin_files, bindings = split_gin_flags(argv)
@@ -268,8 +268,8 @@ def run(argv: list[str], description: str = "", order: tuple[str, ...] = ()) -> 
     except (UsageError, ValueError, NotImplementedError, FileNotFoundError, StorageError) as error:
         print(f"t5scale: error: {error}", file=sys.stderr)
         return 2
-    except (CommandFailed, CheckpointWriteError) as error:  # the run's own work failed; what it committed is intact
-        print(f"t5scale: {'error: ' if isinstance(error, CheckpointWriteError) else ''}{error}", file=sys.stderr)
+    except (CommandFailed, CheckpointWriteError, CheckpointReadError) as error:  # storage or the run's own work
+        print(f"t5scale: {'error: ' if isinstance(error, OSError) else ''}{error}", file=sys.stderr)
         return 1
     except RuntimeError as error:
         if type(error).__name__ != "NonFiniteLossError":

@@ -43,6 +43,10 @@ class CheckpointWriteError(OSError):
     """Saving failed (disk full, permissions, a storage outage); what was committed before is intact."""
 
 
+class CheckpointReadError(OSError):
+    """Reading a checkpoint that is intact failed (a storage outage, permissions): the run stops without writing."""
+
+
 @dataclasses.dataclass(frozen=True)
 class Layout:
     """Another shape of the train state that a checkpoint may have been saved in, and how to convert from it."""
@@ -277,6 +281,11 @@ class Checkpointer:
             return None
         try:
             restore_data_state(str(path) if data_files else step)
+        except OSError as error:  # copying the files down failed: the storage, not the checkpoint
+            reason = str(error).splitlines()[0][:200] if str(error) else ""
+            raise CheckpointReadError(
+                f"Reading the data position {path} failed ({type(error).__name__}: {reason}); checkpoint_{step} is "
+                "intact. Rerun the same command once the storage is reachable.") from None
         except Exception as error:  # noqa: BLE001 -- the files match their manifest: the pipeline changed
             raise IncompatibleCheckpointError(
                 f"The data position saved at {path} does not fit this run's input pipeline "

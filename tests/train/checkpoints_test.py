@@ -8,7 +8,14 @@ import numpy as np
 import pytest
 
 from t5scale.model.layout import convert_layer_layout
-from t5scale.train.checkpoints import STATE, Checkpointer, IncompatibleCheckpointError, Layout, resolve_checkpoint
+from t5scale.train.checkpoints import (
+    STATE,
+    Checkpointer,
+    CheckpointReadError,
+    IncompatibleCheckpointError,
+    Layout,
+    resolve_checkpoint,
+)
 from t5scale.train.trainer import TrainConfig
 
 
@@ -166,3 +173,14 @@ def test_a_pruning_run_refuses_a_checkpoint_without_masks_and_a_dense_run_one_wi
     with pytest.raises(IncompatibleCheckpointError, match=r"pruning masks in .*checkpoint_3 do not fit this run"):
         Checkpointer(str(tmp_path / "pruned")).restore_latest(abstract(stacked_state()), lambda path: None,
                                                               abstract_masks=abstract(other))
+
+
+def test_a_storage_failure_reading_the_data_position_is_not_called_incompatible(tmp_path):
+    save_steps(tmp_path, [3], stacked_state())
+
+    def outage(path):
+        raise OSError("Could not resolve host: storage.googleapis.com")
+
+    with pytest.raises(CheckpointReadError, match=r"Reading the data position .* failed \(OSError: Could not resolve "
+                                                  r"host.*checkpoint_3 is intact\. Rerun the same command"):
+        Checkpointer(str(tmp_path)).restore_latest(abstract(stacked_state()), outage)
