@@ -53,7 +53,8 @@ def main() -> None:
             continue
         r = results[name]
         # A benchmark with several headline ratios (memory: training and decoding) lists them under "ratios".
-        for row in r.get("ratios") or [{"name": r["ratio_name"], "ratio": r["ratio"], "goal": r["goal"]}]:
+        rows = r["ratios"] if isinstance(r.get("ratios"), list) else None
+        for row in rows or [{"name": r["ratio_name"], "ratio": r["ratio"], "goal": r["goal"]}]:
             measured = "-" if row["ratio"] is None else f"{row['ratio']:.2f}x"
             met = {True: "yes", False: "NO", None: "-"}[_goal_met(row["ratio"], row["goal"])]
             print(f"{name:22}{row['name']:48}{measured:>10}{' '.join(map(str, row['goal'])) + 'x':>10}  {met}")
