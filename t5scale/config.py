@@ -85,6 +85,9 @@ class ModelConfig:
     dtype: Any = "float32"  # activations / matmul inputs
     param_dtype: Any = "float32"
     scan_layers: bool = True  # nnx.scan over the stack (fast compile) vs a Python loop
+    # Layers per iteration of the scanned loop: the same stacked parameters and checkpoints, a longer loop body
+    # (fewer loop steps, more for XLA to fuse and schedule across layers; compile time grows with it).
+    scan_unroll: int = 1
     remat: Remat = Remat.NONE
     name: str | None = None
 
@@ -99,7 +102,7 @@ class ModelConfig:
             except TypeError:
                 message = f"ModelConfig.{field}={value!r} is not a dtype; use 'float32' or 'bfloat16'."
                 raise ValueError(message) from None
-        for field in (*OPERATORS.values(), "vocab_size", "relative_buckets", "relative_max_distance"):
+        for field in (*OPERATORS.values(), "vocab_size", "relative_buckets", "relative_max_distance", "scan_unroll"):
             value = getattr(self, field)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"ModelConfig.{field} must be a positive integer, got {value!r}.")

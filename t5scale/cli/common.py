@@ -146,11 +146,11 @@ def split_gin_flags(argv: list[str]) -> tuple[list[str], list[str], list[str]]:
 
 def model_config(shape: str = "small", EL=None, DL=None, NL=None, DM=None, KV=None, NH=None, FF=None,  # noqa: N803
                  dropout_rate: float | None = None, dtype: str | None = None, scan_layers: bool | None = None,
-                 remat: str | None = None) -> config_lib.ModelConfig:
+                 scan_unroll: int | None = None, remat: str | None = None) -> config_lib.ModelConfig:
     """A shape by name, then single operators and fields. Bound by gin/models/*.gin. None keeps the shape's
     value: the defaults (dtype, scan_layers, remat, ...) are written once, in ModelConfig."""
     changes = dict(EL=EL, DL=DL, NL=NL, DM=DM, KV=KV, NH=NH, FF=FF, dropout_rate=dropout_rate, dtype=dtype,
-                   scan_layers=scan_layers, remat=remat)
+                   scan_layers=scan_layers, scan_unroll=scan_unroll, remat=remat)
     return config_lib.shape(shape, **{k: v for k, v in changes.items() if v is not None})
 
 

@@ -147,7 +147,8 @@ def _run_blocks(blocks, cfg: ModelConfig, num_layers: int, body: Callable, x, pe
     if cfg.remat is not Remat.NONE:
         body = nnx.remat(body, policy=_REMAT_POLICIES[cfg.remat], prevent_cse=not cfg.scan_layers)
     if cfg.scan_layers:
-        scan = nnx.scan(body, in_axes=(0, nnx.Carry, 0, None), out_axes=(nnx.Carry, 0), length=num_layers)
+        scan = nnx.scan(body, in_axes=(0, nnx.Carry, 0, None), out_axes=(nnx.Carry, 0), length=num_layers,
+                        unroll=cfg.scan_unroll)
         return scan(blocks, x, per_layer, shared)
     ys = []
     is_list = lambda a: isinstance(a, list)  # noqa: E731

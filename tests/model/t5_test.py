@@ -46,6 +46,15 @@ def test_scanned_and_unrolled_stacks_compute_the_same_function(activation):
     assert not np.allclose(train_scanned, forward(scanned, x, y), atol=1e-3)
 
 
+def test_a_partly_unrolled_scan_computes_the_same_function_on_the_same_parameters():
+    scanned = random_model(tiny_config(dropout_rate=0.3))  # 2 encoder layers, 3 decoder: 2 does not divide 3
+    unrolled_by_two = copy_of(scanned, scan_unroll=2)
+    x, y = batch()
+    key = jax.random.key(7, impl="rbg")
+    np.testing.assert_allclose(forward(scanned, x, y, dropout_rng=key), forward(unrolled_by_two, x, y, dropout_rng=key),
+                               rtol=1e-5, atol=1e-5)
+
+
 def loss_and_grads(model, x, y):
     def loss_fn(model):
         logits = model(x, y)
