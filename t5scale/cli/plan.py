@@ -79,7 +79,8 @@ def _arguments(parser) -> None:
     parser.add_argument("--batch", type=int, default=128, help="global batch size (default 128, T5's)")
     parser.add_argument("--lengths", default="512/114", help="inputs/targets lengths (default 512/114)")
     parser.add_argument("--rules", choices=RULE_SETS, default="t5x", help="logical axis rules (default t5x)")
-    parser.add_argument("--remat", choices=[r.value for r in config_lib.Remat], default="none")
+    parser.add_argument("--remat", choices=[r.value for r in config_lib.Remat], default="none",
+                        help="what each layer keeps for the backward pass (default none: everything)")
     parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="activations")
     parser.add_argument("--microbatches", type=int, default=1, help="gradient accumulation steps")
     parser.add_argument("--hbm", help="memory per device: 16GiB, a chip (v3, v4, v5e, h100) or a slice (v3-256)")
