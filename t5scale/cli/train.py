@@ -112,7 +112,9 @@ def run_training(model_cfg: ModelConfig) -> dict:
     result = train_loop(model_cfg=model_cfg, data_cfg=data_cfg, optim_cfg=common.call_configurable("optim_config"),
                         mesh_cfg=common.call_configurable("mesh_config"), train_cfg=train_cfg,
                         gin_config=gin.config_str(), task_evaluator=_task_evaluator(data_cfg, train_cfg))
-    print(f"stopped at step {result.step} ({result.ended_by}); last training loss {result.last_loss:.4f}; "
+    # No loss when no step ran: a rerun of a finished run (its budget already spent) resumes and stops at once.
+    last_loss = f"{result.last_loss:.4f}" if result.last_loss is not None else "none (no step ran: already finished)"
+    print(f"stopped at step {result.step} ({result.ended_by}); last training loss {last_loss}; "
           f"checkpoints, config.json, metrics.jsonl and TensorBoard events in {result.model_dir}")
     if result.target_tokens_per_s:
         mfu = f"{result.mfu:.1%} ({result.mfu_peak})" if result.mfu is not None else f"unknown ({result.mfu_peak})"

@@ -37,6 +37,20 @@ def test_pretrain_gin_macros_configure_the_run(tmp_path, capsys):
     assert steps == [1, 2] and (model_dir / "checkpoint_2").is_dir()
 
 
+def test_rerunning_a_finished_run_stops_at_once(tmp_path, capsys):
+    """The second run resumes the finished checkpoint and runs no step (so it has no loss): exit 0, no crash."""
+    argv = ["train", "--gin_file=models/shape.gin", "--gin_file=runs/pretrain.gin", *TINY,
+            "--gin.MIXTURE_OR_TASK_NAME='embedded_span_corruption'", "--gin.BATCH_SIZE=2",
+            "--gin.TASK_FEATURE_LENGTHS={'inputs': 16, 'targets': 4}", "--gin.TRAIN_STEPS=1",
+            f"--gin.MODEL_DIR='{tmp_path / 'run'}'", "--gin.train_config.progress_bar=False"]
+    assert main(argv) == 0
+    capsys.readouterr()
+    code = main(argv)
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert "stopped at step 1 (train_steps); last training loss none (no step ran: already finished)" in out
+
+
 def closed_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
