@@ -4,10 +4,11 @@
 
 Reads STUDY/compress/results.json (the dense fine-tuned sizes, every setting) and, when present,
 STUDY/compress-pruned/results.json (the same sizes pruned gradually while fine-tuning, then stored sparse), names
-each curve "<shape> (<params>M)" and the second kind "... pruned in fine-tuning", and writes STUDY/results.csv,
-results.json and accuracy_vs_bytes.png (a curve per size and kind, the frontier over all rows), and prints the
-table. The same for STUDY/compress-train512 and compress-pruned-train512 when present (the first 512 examples of
-the training split: seen in fine-tuning, but 7.5x as many as the 68 of validation), into STUDY/train512/.
+each curve "<shape> (<params>M)" and the second kind "<shape> (<params>M) pruned in fine-tuning", and writes
+STUDY/results.csv, results.json and accuracy_vs_bytes.png (a curve per size and kind, the frontier over all rows),
+and prints the table. The same for STUDY/compress-train512 and compress-pruned-train512 when present (the first
+512 examples of the training split: seen in fine-tuning, but 7.5x as many as the 68 of validation), into
+STUDY/train512/.
 Computes no number of its own: bytes and scores are those `t5scale compress` measured.
 """
 
@@ -22,7 +23,7 @@ from t5scale.compress.study import format_table, write_results
 
 VIEWS = (("", "validation accuracy (%), all 68 examples"),
          ("-train512", "train accuracy (%), first 512 examples (seen in fine-tuning)"))
-PARTS = (("compress", ""), ("compress-pruned", ", pruned in fine-tuning"))
+PARTS = (("compress", ""), ("compress-pruned", " pruned in fine-tuning"))
 
 
 def main(study: str) -> None:
