@@ -21,8 +21,8 @@ import sys
 from t5scale.compress.plot import plot_accuracy_vs_bytes
 from t5scale.compress.study import format_table, write_results
 
-VIEWS = (("", "validation accuracy (%), all 68 examples"),
-         ("-train512", "train accuracy (%), first 512 examples (seen in fine-tuning)"))
+VIEWS = (("", "validation accuracy (%), 68 examples"),
+         ("-train512", "accuracy (%), 512 train examples"))
 PARTS = (("compress", ""), ("compress-pruned", " pruned in fine-tuning"))
 
 
