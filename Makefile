@@ -52,6 +52,7 @@ study: $(STAMP)
 #   make compress-study CS_DIR=runs/compress-study-seed1 CS_SEED=1
 CS_DIR = runs/compress-study
 CS_SEED = 0
+# The sweep names its runs <shape>-time<budget>-seed<k>: keep 150 equal to sweeps/compress_study.gin's time_budget_s.
 CS_RUNS = $(addsuffix -time150-seed$(CS_SEED),tiny-nl2-dm128-ff512-kv32 tiny-nl4-dm192-ff768-kv48)
 CS_SETTINGS = bits=8 bits=8,groups=attention+mlp bits=4 bits=4,groups=attention+mlp bits=2 \
 	bits=8,sparsity=0.5 bits=8,sparsity=0.75 bits=4,sparsity=0.5
