@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat setup.py | cksum | cut -d' ' -f1)
 
-.PHONY: demo test test-all test-faults bench study compress-study venv fixtures clean
+.PHONY: demo test test-all test-faults test-slow bench study compress-study venv fixtures clean
 
 $(STAMP): setup.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -24,9 +24,14 @@ test: $(STAMP)
 test-all: $(STAMP)
 	$(BIN)/python -m pytest -q -m "slow or not slow" tests
 
-# The slow fault-injection cases (20 kill -9 over one run); CI runs them after `make test`.
+# The slow fault-injection cases (20 kill -9 over one run).
 test-faults: $(STAMP)
 	$(BIN)/python -m pytest -q -m "faults and slow" tests/faults
+
+# Every test kept out of the ~10-minute default run (the 20-kill case, large-preset compiles, multi-process and
+# gs:// end-to-end runs); CI runs them after `make test`.
+test-slow: $(STAMP)
+	$(BIN)/python -m pytest -q -m slow tests
 
 # Benchmarks print ratios measured in one run (t5scale vs transformers/PyTorch, needs the [hf] extra); they run
 # one after another: never run two at once, or next to tests, on a small machine. See benchmarks/README.md.

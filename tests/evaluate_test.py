@@ -116,6 +116,7 @@ def test_benchmark_averages_are_reported_once_every_task_is_there():
     assert table.splitlines()[-1].split() == ["glue_average", f"{want:.2f}"]
 
 
+@pytest.mark.slow  # three CLI processes; the row order across hosts is tested below by default
 def test_two_processes_evaluate_to_the_one_process_predictions_and_metrics(tmp_path):
     """Every host runs the same `t5scale eval`: each decodes its half of every batch; process 0 writes."""
     import os

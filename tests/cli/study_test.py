@@ -95,6 +95,7 @@ def test_list_prints_one_command_per_run_and_run_index_is_checked(tmp_path, caps
     assert not (tmp_path / "runs").exists()
 
 
+@pytest.mark.slow  # two stages of two processes each; .ci/run runs the slow tests
 def test_a_sweep_fine_tunes_each_run_and_the_table_has_the_best_task_score_with_its_step(tmp_path, capsys):
     gin_file = tmp_path / "sweep.gin"
     gin_file.write_text(f"""

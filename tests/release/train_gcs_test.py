@@ -17,6 +17,7 @@ import sys
 import time
 
 import numpy as np
+import pytest
 
 from tests.testing import REPO
 
@@ -80,6 +81,7 @@ def committed_steps(gcs, bucket: str, run: str) -> list[int]:
                                                                        n)))
 
 
+@pytest.mark.slow  # ~80-190 s on 2 cores; .ci/run runs the slow tests
 def test_training_to_gcs_resumes_after_kill_9_and_warm_starts(gcs, tmp_path):
     from etils import epath
 
