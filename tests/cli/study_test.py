@@ -52,6 +52,7 @@ def killed_and_rerun(tmp_path_factory):
     return root, out
 
 
+@pytest.mark.slow  # the killed sweep takes ~70 s; .ci/run runs the slow tests
 def test_a_killed_sweep_skips_finished_runs_and_resumes_the_interrupted_one(killed_and_rerun):
     root, out = killed_and_rerun
     assert f"[1/2] {RUNS[0]}: finished earlier, skipped" in out
@@ -62,6 +63,7 @@ def test_a_killed_sweep_skips_finished_runs_and_resumes_the_interrupted_one(kill
     assert all(logged.count(step) == 1 for step in range(1, end["start_step"] + 1))  # not trained again
 
 
+@pytest.mark.slow  # the killed sweep takes ~70 s; .ci/run runs the slow tests
 def test_results_rebuilt_from_run_dirs_equal_the_live_table(killed_and_rerun, capsys):
     root, _ = killed_and_rerun
     live = json.loads((root / "runs" / "results.json").read_text())
@@ -72,6 +74,7 @@ def test_results_rebuilt_from_run_dirs_equal_the_live_table(killed_and_rerun, ca
     assert RUNS[0] in capsys.readouterr().out
 
 
+@pytest.mark.slow  # the killed sweep takes ~70 s; .ci/run runs the slow tests
 def test_pareto_and_curves_write_figures_and_fit_refuses_two_points(killed_and_rerun, capsys):
     runs = killed_and_rerun[0] / "runs"
     assert main(["pareto", str(runs), "--cost", "params,flops"]) == 0

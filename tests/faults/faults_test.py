@@ -50,7 +50,10 @@ def kill_at_a_random_moment(process, model_dir, rng: random.Random, trained: int
     return moment
 
 
-@pytest.mark.parametrize("kills, steps", [(3, 30), pytest.param(20, 150, marks=pytest.mark.slow)])
+# Both slow (~40 s, and minutes); .ci/run runs them after the default run, which keeps the resumes from torn and
+# copied checkpoints (tests/train/trainer_test) and the SIGTERM during a save (below).
+@pytest.mark.parametrize("kills, steps", [pytest.param(3, 30, marks=pytest.mark.slow),
+                                          pytest.param(20, 150, marks=pytest.mark.slow)])
 def test_repeated_kill_9_loses_nothing_committed_and_reproduces_the_uninterrupted_losses(tmp_path, kills, steps):
     reference = run(str(tmp_path / "reference"), steps, save_every=1000)
     assert reference.step == steps

@@ -61,6 +61,7 @@ def test_one_failing_process_fails_the_launch_and_stops_the_others(tmp_path):
     assert all((tmp_path / f"process_{i}.log").exists() for i in range(3))
 
 
+@pytest.mark.slow  # ~50 s: two trainers and a reference; .ci/run runs the slow tests
 def test_two_cpu_processes_train_like_one_process_reading_the_same_global_batches(tmp_path):
     # As tests/train/trainer_test.py defines it: one process with 2 devices reading both hosts' shards (host 0's
     # rows first) is the reference. It runs while the launch does.

@@ -285,6 +285,7 @@ def start_two_processes(model_dir, steps, save_every, port):
 
 
 @pytest.mark.faults
+@pytest.mark.slow  # ~60 s: five trainer processes; .ci/run runs the slow tests
 def test_two_processes_stop_together_when_only_one_gets_sigterm_and_resume_exactly(tmp_path, monkeypatch, caplog):
     port = 20000 + os.getpid() % 20000
     model_dir = tmp_path / "two_processes"
