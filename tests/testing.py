@@ -53,3 +53,18 @@ def random_model(cfg: ModelConfig, seed: int = 0):
 def forward(model, encoder_tokens, decoder_tokens, **kwargs):
     """Jitted `model(...)`: un-jitted calls re-trace every scanned stack and make tests slow."""
     return model(encoder_tokens, decoder_tokens, **kwargs)
+
+
+def assert_imported_like_the_reference(model, variant: str, ref: dict) -> None:
+    """An imported parity fixture (tests/fixtures/{hf,mtf}): its shape has EL != DL and NH*KV != DM, v1.0 is ReLU with
+    tied embeddings and v1.1 gated-GELU untied, and its logits are the reference implementation's to 1e-4."""
+    import numpy as np
+
+    from t5scale.config import Activation
+
+    cfg = model.cfg
+    assert cfg.num_encoder_layers != cfg.num_decoder_layers and cfg.attention_dim != cfg.d_model
+    assert cfg.activation is (Activation.RELU if variant == "v1_0" else Activation.GATED_GELU)
+    assert cfg.tie_embeddings == (variant == "v1_0")
+    logits = forward(model, ref["encoder_input_tokens"], ref["decoder_input_tokens"])
+    np.testing.assert_allclose(logits, ref["logits"], atol=1e-4, rtol=1e-4)

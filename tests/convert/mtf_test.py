@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from t5scale.config import Activation, ModelConfig, released_shapes
+from t5scale.config import ModelConfig, released_shapes
 from t5scale.convert.gin_text import GinText
 from t5scale.convert.mtf import config_from_gin, from_mtf, resolve_config
 from t5scale.model.flops import count_params
@@ -23,7 +23,7 @@ from tests.convert.mtf_checkpoints import (
     transformers_logits,
     write_checkpoint,
 )
-from tests.testing import FIXTURES, forward, random_tokens
+from tests.testing import FIXTURES, assert_imported_like_the_reference, forward, random_tokens
 
 MTF = FIXTURES / "mtf"
 STEP = 524288
@@ -36,14 +36,8 @@ def reference(variant):
 @pytest.mark.parametrize("variant,scan_layers", [("v1_0", True), ("v1_1", True), ("v1_0", False)])
 def test_import_reproduces_transformers_logits(variant, scan_layers):
     model, located = from_mtf(str(MTF / variant), scan_layers=scan_layers)
-    cfg = model.cfg
     assert located.step == STEP and located.prefix.endswith(f"model.ckpt-{STEP}")
-    assert cfg.num_encoder_layers != cfg.num_decoder_layers and cfg.attention_dim != cfg.d_model
-    assert cfg.activation is (Activation.RELU if variant == "v1_0" else Activation.GATED_GELU)
-    assert cfg.tie_embeddings == (variant == "v1_0")
-    ref = reference(variant)
-    logits = forward(model, ref["encoder_input_tokens"], ref["decoder_input_tokens"])
-    np.testing.assert_allclose(logits, ref["logits"], atol=1e-4, rtol=1e-4)
+    assert_imported_like_the_reference(model, variant, reference(variant))
 
 
 def test_cached_decoding_of_the_import_reproduces_transformers_logits():

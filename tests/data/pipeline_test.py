@@ -51,20 +51,29 @@ def test_hosts_read_disjoint_shards_of_the_global_batch():
         make_batch_iterator(cfg, 2, 2)
 
 
-def test_restored_iterator_yields_exactly_the_uninterrupted_batches(tmp_path):
-    cfg = config(seed=3)
+def saved_after(cfg, batches: int, path: str, total: int):
+    """(the uninterrupted run's first `total` batches, what `save` returned) after saving at `batches`."""
     uninterrupted = make_batch_iterator(cfg)
-    expected = [next(uninterrupted) for _ in range(8)]
+    expected = [next(uninterrupted) for _ in range(total)]
     first = make_batch_iterator(cfg)
-    for _ in range(5):
+    for _ in range(batches):
         next(first)
-    first.save(str(tmp_path / "data"))
+    return expected, first.save(path)
+
+
+def assert_resumes(cfg, path: str, expected) -> None:
     resumed = make_batch_iterator(cfg)  # a fresh pipeline, as after a restart
-    resumed.restore(str(tmp_path / "data"))
-    for want in expected[5:]:
+    resumed.restore(path)
+    for want in expected:
         got = next(resumed)
         for name in FEATURES:
             np.testing.assert_array_equal(got[name], want[name])
+
+
+def test_restored_iterator_yields_exactly_the_uninterrupted_batches(tmp_path):
+    cfg = config(seed=3)
+    expected, _ = saved_after(cfg, 5, str(tmp_path / "data"), 8)
+    assert_resumes(cfg, str(tmp_path / "data"), expected[5:])
 
 
 def test_a_position_on_gcs_is_written_and_read_back_exactly(gcs):
@@ -73,20 +82,13 @@ def test_a_position_on_gcs_is_written_and_read_back_exactly(gcs):
     bucket = gcs.create_bucket()
     path = f"gs://{bucket}/run/data_state/checkpoint_3/process_0"
     cfg = config(seed=3)
-    uninterrupted = make_batch_iterator(cfg)
-    expected = [next(uninterrupted) for _ in range(5)]
-    first = make_batch_iterator(cfg)
-    for _ in range(3):
-        next(first)
-    assert first.save(path) == path
+    expected, saved = saved_after(cfg, 3, path, 5)
+    assert saved == path
     names = gcs.objects(bucket)
     assert "run/data_state/checkpoint_3/process_0.index" in names
     assert any(n.startswith("run/data_state/checkpoint_3/process_0.data-") for n in names), names
     epath.Path(f"gs://{bucket}/run/data_state/checkpoint_3/process_0.manifest.json").write_text("{}")  # not state
-    resumed = make_batch_iterator(cfg)
-    resumed.restore(path)
-    for want in expected[3:]:
-        np.testing.assert_array_equal(next(resumed)["encoder_input_tokens"], want["encoder_input_tokens"])
+    assert_resumes(cfg, path, expected[3:])
     with pytest.raises(FileNotFoundError, match="No data-iterator state"):
         make_batch_iterator(cfg).restore(f"gs://{bucket}/run/data_state/checkpoint_9/process_0")
 
