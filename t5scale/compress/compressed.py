@@ -17,10 +17,10 @@ from __future__ import annotations
 import numpy as np
 
 from t5scale.compress import packing
-from t5scale.model.kernels import kernel_spec
 from t5scale.compress.prune import magnitude_masks
 from t5scale.compress.quantize import dequantize, quantize
 from t5scale.compress.settings import Setting
+from t5scale.model.kernels import kernel_spec
 
 FLOAT, QUANTIZED, PRUNED = "float", "quantized", "pruned"  # the layout's kinds; PRUNED: sparse, still float
 

@@ -25,8 +25,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from t5scale.model.kernels import kernel_spec
 from t5scale.compress.quantize import quantize
+from t5scale.model.kernels import kernel_spec
 from t5scale.model.layout import LAYERS_KEY
 
 INT8, INT8_DYNAMIC, BFLOAT16 = "int8", "int8-dynamic", "bfloat16"

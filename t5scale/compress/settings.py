@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import dataclasses
 
+from t5scale.compress.quantize import BITS, GRANULARITIES
 from t5scale.model.kernels import GROUPS, check_groups
 from t5scale.train.pruning import check_scope, check_sparsity
-from t5scale.compress.quantize import BITS, GRANULARITIES
 
 FLOAT = "float"
 

@@ -39,6 +39,7 @@ from t5scale.model.flops import training_flops
 from t5scale.model.layout import convert_layer_layout
 from t5scale.model.t5 import T5
 from t5scale.train import metrics as metrics_lib
+from t5scale.train import pruning as pruning_lib
 from t5scale.train.checkpoints import (
     START_OVER,
     Checkpointer,
@@ -50,7 +51,6 @@ from t5scale.train.checkpoints import (
 )
 from t5scale.train.metrics import NonFiniteLossError  # noqa: F401  (re-exported: callers catch it here)
 from t5scale.train.optim import OptimConfig, make_learning_rate_fn, make_optimizer
-from t5scale.train import pruning as pruning_lib
 from t5scale.train.partitioning import MeshConfig, batch_sharding, make_mesh, opt_state_shardings, param_shardings
 from t5scale.train.profile import StepProfiler
 from t5scale.train.pruning import PruningConfig

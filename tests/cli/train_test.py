@@ -97,8 +97,8 @@ def test_finetune_prunes_with_runs_prune_gin(pretrained, tmp_path, capsys):
     assert (pruning["final_sparsity"], pruning["end_step"], pruning["groups"]) == (
         0.75, 2, ["attention", "mlp", "embedding"])
     assert (model_dir / "checkpoint_3" / "masks").is_dir()
-    from t5scale.train.checkpoints import load_model
     from t5scale.model.layout import flat_params
+    from t5scale.train.checkpoints import load_model
 
     kernel = flat_params(load_model(str(model_dir))[0])["encoder/layers/0/mlp/wi/kernel"]
     assert abs((kernel == 0).mean() - 0.75) < 1e-9
@@ -109,8 +109,9 @@ def test_finetune_prunes_with_runs_prune_gin(pretrained, tmp_path, capsys):
 
 
 def test_finetune_evaluates_the_task_every_n_steps_and_results_take_the_best(pretrained, tmp_path, capsys):
-    from t5scale.analysis.results import downstream_scores, read_jsonl
     from etils import epath
+
+    from t5scale.analysis.results import downstream_scores, read_jsonl
 
     model_dir = tmp_path / "ft"
     assert main(["finetune", "--gin_file=runs/finetune.gin", f"--gin.INITIAL_CHECKPOINT_PATH='{pretrained}'",

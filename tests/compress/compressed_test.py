@@ -6,10 +6,10 @@ import pytest
 
 from t5scale import abstract_model
 from t5scale.compress.compressed import FLOAT, PRUNED, QUANTIZED, compress_params, decompress_params
-from t5scale.model.kernels import kernel_spec
 from t5scale.compress.prune import magnitude_masks
 from t5scale.compress.quantize import dequantize, quantize
 from t5scale.compress.settings import Setting
+from t5scale.model.kernels import kernel_spec
 from t5scale.model.layout import flat_params, load_flat_params
 from tests.testing import random_model, tiny_config
 

@@ -2,8 +2,8 @@
 
 import pytest
 
-from t5scale.model.kernels import GROUPS
 from t5scale.compress.settings import Setting, parse_setting
+from t5scale.model.kernels import GROUPS
 
 
 def test_specs_parse_into_settings_with_readable_names():

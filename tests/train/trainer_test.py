@@ -111,7 +111,8 @@ def test_a_model_dir_whose_checkpoints_are_all_torn_stops_without_writing_unless
 
 @pytest.mark.faults
 @pytest.mark.parametrize("change, differs, setting", [
-    (dict(model=dict(param_dtype="bfloat16")), "92 arrays of another shape or dtype, e.g. opt_state/0/v/decoder/decoder_norm/scale/value is float32[32] there and bfloat16[32] here",
+    (dict(model=dict(param_dtype="bfloat16")), "92 arrays of another shape or dtype, e.g. opt_state/0/v/decoder/"
+     "decoder_norm/scale/value is float32[32] there and bfloat16[32] here",
      "model.param_dtype ('float32' -> 'bfloat16')"),
     (dict(optim=dict(momentum=0.9)), "the run needs, e.g. opt_state/", "optim.momentum (None -> 0.9)"),
 ])
