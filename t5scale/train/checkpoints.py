@@ -171,8 +171,10 @@ class Checkpointer:
             saved = self._saved_layout(step)
             if not _all_processes_agree(saved is not None):
                 continue
-            target, convert_fn, layout = self._choose_layout(step, saved, abstract_state, layouts, settings_changed)
-            masks_target, convert_masks = self._masks_target(step, abstract_masks, layout)
+            saved_state, saved_masks = saved
+            target, convert_fn, layout = self._choose_layout(step, saved_state, abstract_state, layouts,
+                                                             settings_changed)
+            masks_target, convert_masks = self._masks_target(step, saved_masks, abstract_masks, layout)
             if self._data_positions_fit(step, settings_changed, derive_data_position is not None):
                 restored = self._try_restore(step, target, masks_target, restore_data_state)
             else:
@@ -187,12 +189,18 @@ class Checkpointer:
                 + _how_to_proceed(self.model_dir))
         return 0, None, None, None
 
-    def _saved_layout(self, step: int) -> dict | None:
+    def _saved_layout(self, step: int) -> tuple[dict, dict | None] | None:
+        """The saved layouts of the train state and of the pruning masks (None: the checkpoint has none); None when
+        either cannot be read (torn)."""
         try:
-            metadata = self._manager.item_metadata(step)[STATE]
-            if metadata is None:
-                raise ValueError("no metadata for the train state")
-            return _flat_layout(metadata.tree)
+            metadata = self._manager.item_metadata(step)
+            has_masks = (self.model_dir / f"checkpoint_{step}" / MASKS).exists()
+            layouts = []
+            for item in [STATE, MASKS] if has_masks else [STATE]:
+                if metadata[item] is None:
+                    raise ValueError(f"no metadata for the {item} item")
+                layouts.append(_flat_layout(metadata[item].tree))
+            return layouts[0], layouts[1] if has_masks else None
         except Exception as error:  # noqa: BLE001 -- any failure to read it means the checkpoint is torn
             self._warn_torn(step, error)
             return None
@@ -220,11 +228,12 @@ class Checkpointer:
             + (f"Settings changed since it was written: {settings_changed}. " if settings_changed else "")
             + _how_to_proceed(self.model_dir))
 
-    def _masks_target(self, step: int, abstract_masks: Any, layout: Layout | None):
+    def _masks_target(self, step: int, saved: dict | None, abstract_masks: Any, layout: Layout | None):
         """(what to restore the `masks` item into, its converter); (None, None) for a run without pruning. The
-        masks' presence must match the run's: pruning on without them, or off with them, is incompatible."""
+        masks' presence (`saved`: their layout in the checkpoint) must match the run's: pruning on without them, or
+        off with them, is incompatible."""
         checkpoint = self.model_dir / f"checkpoint_{step}"
-        has_masks = (checkpoint / MASKS).exists()
+        has_masks = saved is not None
         if abstract_masks is None and not has_masks:
             return None, None
         if abstract_masks is None or not has_masks:
@@ -239,7 +248,6 @@ class Checkpointer:
             target, convert = abstract_masks, lambda masks: masks
         else:
             target, convert = layout.abstract_masks_fn(), layout.convert_masks_fn
-        saved = _flat_layout(self._manager.item_metadata(step)[MASKS].tree)
         if saved != _flat_layout(target):
             raise IncompatibleCheckpointError(
                 f"The pruning masks in {checkpoint} do not fit this run (another choice of pruned groups?): they "

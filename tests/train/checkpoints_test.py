@@ -184,3 +184,17 @@ def test_a_storage_failure_reading_the_data_position_is_not_called_incompatible(
     with pytest.raises(CheckpointReadError, match=r"Reading the data position .* failed \(OSError: Could not resolve "
                                                   r"host.*checkpoint_3 is intact\. Rerun the same command"):
         Checkpointer(str(tmp_path)).restore_latest(abstract(stacked_state()), outage)
+
+
+@pytest.mark.parametrize("damage", ["every file", "metadata"])
+def test_torn_masks_fall_back_to_the_previous_checkpoint(tmp_path, caplog, damage):
+    save_steps(tmp_path, [3, 4], stacked_state(), masks=masks_of(stacked_state()))
+    if damage == "metadata":
+        (tmp_path / "checkpoint_4" / "masks" / "_METADATA").unlink()
+    for file in (tmp_path / "checkpoint_4" / "masks").rglob("*") if damage == "every file" else ():
+        if file.is_file():
+            file.write_bytes(b"corrupted")
+    step, _, _, masks = Checkpointer(str(tmp_path)).restore_latest(
+        abstract(stacked_state()), lambda path: None, abstract_masks=abstract(masks_of(stacked_state())))
+    assert step == 3 and "checkpoint_4 is torn or corrupted" in caplog.text
+    jax.tree.map(np.testing.assert_array_equal, masks, masks_of(stacked_state()))
