@@ -76,11 +76,11 @@ def _over_batches(compute: Callable, dataset, batch_size: int, mesh) -> list[tup
     if batch_size % processes:
         raise ValueError(f"The eval batch size {batch_size} does not split over {processes} processes.")
     local = slice(jax.process_index() * batch_size // processes, (jax.process_index() + 1) * batch_size // processes)
+    sharding = None if mesh is None else batch_sharding(mesh)
     for indices, batch in _batches(dataset, batch_size):
         if mesh is None:
             values = np.asarray(compute(batch))
         else:
-            sharding = batch_sharding(mesh)
             with mesh:
                 values = compute({k: jax.make_array_from_process_local_data(sharding, v[local])
                                   for k, v in batch.items()})

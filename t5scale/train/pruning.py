@@ -128,8 +128,9 @@ def update_masks(params: Any, masks: Any, sparsity: jax.Array, scope: str) -> An
 
 
 def apply_masks(params: Any, masks: Any) -> Any:
-    """Pruned weights set to zero (the placeholders' shape-() True leaves the rest as it is)."""
-    return jax.tree.map(lambda w, m: jnp.where(m, w, jnp.zeros((), w.dtype)), params, masks)
+    """Pruned weights set to zero; parameters under a shape-() placeholder are passed through untouched (no work in
+    the train step for the embedding, norms and the rest)."""
+    return jax.tree.map(lambda w, m: jnp.where(m, w, jnp.zeros((), w.dtype)) if m.ndim else w, params, masks)
 
 
 def measured_sparsity(params: Any, masks: Any) -> float:

@@ -223,7 +223,7 @@ def _resume(checkpointer: Checkpointer, state, configs: dict, model_cfg: ModelCo
     (warm-started when asked; a pruning run's masks all ones). Raises IncompatibleCheckpointError rather than
     starting over existing checkpoints. masks is None for a run that does not prune."""
     model_dir = checkpointer.model_dir
-    state_sharding = jax.tree.map(lambda x: x.sharding, state)
+    state_sharding = _shardings(state)
     abstract_state = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
     pruning = train_cfg.pruning
     abstract_masks = _abstract_masks(pruning, abstract_state.params, mesh) if pruning else None
@@ -294,7 +294,7 @@ def train(*, model_cfg: ModelConfig, data_cfg: DataConfig, optim_cfg: OptimConfi
     tx = make_optimizer(optim_cfg)
     with mesh:
         state = _make_init_fn(model_cfg, tx, train_cfg.seed, mesh, mesh_cfg.rules)()
-    state_sharding = jax.tree.map(lambda x: x.sharding, state)
+    state_sharding = _shardings(state)
     data_sharding = batch_sharding(mesh)
 
     checkpointer = Checkpointer(str(model_dir), keep=train_cfg.keep_checkpoints, keep_every=train_cfg.keep_every,
