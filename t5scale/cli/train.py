@@ -67,17 +67,17 @@ def finetune(args, gin_files, bindings) -> dict:
 
 
 def _task_evaluator(data_cfg, train_cfg):
-    """For train_config.task_eval_every: t5scale.evaluate on the run's task (validation split, the training feature
-    lengths and batch size unless `eval_config.*` binds them), into MODEL_DIR/task_eval/."""
+    """For train_config.task_eval_every: t5scale.evaluate on the run's task (validation split; each feature's longest
+    example, as `t5scale eval`; the training batch size, which the data axis divides, unless `eval_config.*` binds
+    them), into MODEL_DIR/task_eval/."""
     if not train_cfg.task_eval_every:
         return None
     from t5scale.evaluate import evaluate_model
 
-    defaults = {"task_feature_lengths": data_cfg.task_feature_lengths, "batch_size": data_cfg.batch_size}
     cfg = common.call_configurable(
         "eval_config", checkpoint_path=train_cfg.model_dir, mixture_or_task_name=data_cfg.mixture_or_task_name,
         output_dir=f"{train_cfg.model_dir.rstrip('/')}/task_eval",
-        **{k: v for k, v in defaults.items() if not common.is_bound(f"eval_config.{k}")})
+        **({} if common.is_bound("eval_config.batch_size") else {"batch_size": data_cfg.batch_size}))
 
     def evaluate(model, step: int, mesh):
         return evaluate_model(model, step, cfg, checkpoint=f"{train_cfg.model_dir}/checkpoint_{step}", mesh=mesh)
