@@ -68,3 +68,16 @@ def assert_imported_like_the_reference(model, variant: str, ref: dict) -> None:
     assert cfg.tie_embeddings == (variant == "v1_0")
     logits = forward(model, ref["encoder_input_tokens"], ref["decoder_input_tokens"])
     np.testing.assert_allclose(logits, ref["logits"], atol=1e-4, rtol=1e-4)
+
+
+def assert_cached_decoding_like_the_reference(model, ref: dict) -> None:
+    """Decoding the reference's decoder inputs one token at a time through the cache gives its logits (1e-4)."""
+    import jax
+    import numpy as np
+
+    x, y = ref["encoder_input_tokens"], ref["decoder_input_tokens"]
+    cache = model.init_cache(model.encode(x), x, max_decode_len=y.shape[1])
+    step = jax.jit(lambda m, token, c: m.decode_step(token, c))
+    for position in range(y.shape[1]):
+        logits, cache = step(model, y[:, position], cache)
+        np.testing.assert_allclose(logits, ref["logits"][:, position], atol=1e-4, rtol=1e-4)

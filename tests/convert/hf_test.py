@@ -3,13 +3,18 @@
 import json
 import shutil
 
-import jax
 import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
 from t5scale.convert import config_from_hf, config_to_hf, from_hf, to_hf
-from tests.testing import FIXTURES, assert_imported_like_the_reference, forward, tiny_config
+from tests.testing import (
+    FIXTURES,
+    assert_cached_decoding_like_the_reference,
+    assert_imported_like_the_reference,
+    forward,
+    tiny_config,
+)
 
 HF = FIXTURES / "hf"
 VARIANTS = ["v1_0", "v1_1"]
@@ -33,12 +38,7 @@ def test_imported_model_reproduces_hf_logits(variant, scan_layers):
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_cached_decoding_of_imported_model_reproduces_hf_logits(variant):
     model, ref = from_hf(HF / variant), reference(variant)
-    x, y = ref["encoder_input_tokens"], ref["decoder_input_tokens"]
-    cache = model.init_cache(model.encode(x), x, max_decode_len=y.shape[1])
-    step = jax.jit(lambda m, token, c: m.decode_step(token, c))
-    for position in range(y.shape[1]):
-        logits, cache = step(model, y[:, position], cache)
-        np.testing.assert_allclose(logits, ref["logits"][:, position], atol=1e-4, rtol=1e-4)
+    assert_cached_decoding_like_the_reference(model, ref)
 
 
 @pytest.mark.parametrize("variant", VARIANTS)

@@ -23,7 +23,13 @@ from tests.convert.mtf_checkpoints import (
     transformers_logits,
     write_checkpoint,
 )
-from tests.testing import FIXTURES, assert_imported_like_the_reference, forward, random_tokens
+from tests.testing import (
+    FIXTURES,
+    assert_cached_decoding_like_the_reference,
+    assert_imported_like_the_reference,
+    forward,
+    random_tokens,
+)
 
 MTF = FIXTURES / "mtf"
 STEP = 524288
@@ -43,12 +49,7 @@ def test_import_reproduces_transformers_logits(variant, scan_layers):
 def test_cached_decoding_of_the_import_reproduces_transformers_logits():
     model, _ = from_mtf(str(MTF / "v1_1"))
     ref = reference("v1_1")
-    x, y = ref["encoder_input_tokens"], ref["decoder_input_tokens"]
-    cache = model.init_cache(model.encode(x), x, max_decode_len=y.shape[1])
-    step = jax.jit(lambda m, token, c: m.decode_step(token, c))
-    for position in range(y.shape[1]):
-        logits, cache = step(model, y[:, position], cache)
-        np.testing.assert_allclose(logits, ref["logits"][:, position], atol=1e-4, rtol=1e-4)
+    assert_cached_decoding_like_the_reference(model, ref)
 
 
 @pytest.mark.hf
