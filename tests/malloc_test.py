@@ -47,3 +47,27 @@ def test_with_the_tunables_repeated_calls_reuse_memory_instead_of_faulting_it_in
     tuned = json.loads(run(FAULTS_PER_CALL, GLIBC_TUNABLES=TUNABLES))
     assert default > 16_000  # 128 MB / 4 KB pages = 32,768 faults
     assert tuned < 1_000, (default, tuned)
+
+
+# Whether a 2048^3 matmul (~50 ms here) is already done when the call returns.
+DONE_WHEN_CALLED = """
+import json, sys, jax, jax.numpy as jnp
+if sys.argv[1] == "inline":
+    from t5scale.malloc import run_cpu_computations_inline
+    run_cpu_computations_inline()
+elif sys.argv[1] == "command":  # every t5scale command sets it up before it runs
+    from t5scale.cli.main import main
+    assert main(["shapes", "small"]) == 0
+f = jax.jit(lambda x: x @ x)
+x = jnp.ones((2048, 2048))
+f(x).block_until_ready()
+print(json.dumps(all(f(x).is_ready() for _ in range(3))))
+"""
+
+
+@pytest.mark.parametrize("mode, done", [("inline", True), ("command", True), ("default", False)])
+def test_inline_cpu_computations_are_done_when_the_call_returns(mode, done):
+    """So the trainer never has a second step's temporaries allocated while the first runs (the kept heap would
+    hold both). The default (asynchronous) case shows the check can tell the difference."""
+    out = subprocess.run([sys.executable, "-c", DONE_WHEN_CALLED, mode], capture_output=True, text=True, check=True)
+    assert json.loads(out.stdout.strip().splitlines()[-1]) is done

@@ -257,6 +257,7 @@ def run_command(name: str, gin_files: list[str] = (), bindings: list[str] = (), 
 def run(argv: list[str], description: str = "", order: tuple[str, ...] = ()) -> int:
     """Parse argv, run the command; a user's mistake is one line on stderr and exit code 2 (3 for a NaN loss)."""
     from t5scale.cache import set_compilation_cache
+    from t5scale.malloc import run_cpu_computations_inline
     from t5scale.storage import StorageError
     from t5scale.train.checkpoints import CheckpointReadError, CheckpointWriteError
 
@@ -264,6 +265,7 @@ def run(argv: list[str], description: str = "", order: tuple[str, ...] = ()) -> 
         rest, gin_files, bindings = split_gin_flags(argv)
         args = make_parser(description, order).parse_args(rest)
         set_compilation_cache(not args.no_compilation_cache)
+        run_cpu_computations_inline()
         args.run(args, gin_files, bindings)
     except (UsageError, ValueError, NotImplementedError, FileNotFoundError, StorageError) as error:
         print(f"t5scale: error: {error}", file=sys.stderr)
