@@ -4,6 +4,7 @@ or, with --weights, t5scale with its weights kept int8 / bfloat16 in memory vs f
     .venv/bin/python benchmarks/decode_throughput.py            # small, 8 inputs of 512 tokens, 114 new tokens
     .venv/bin/python benchmarks/decode_throughput.py --tiny     # smoke test
     .venv/bin/python benchmarks/decode_throughput.py --weights int8 int8-dynamic bfloat16   # vs float32 weights
+    .venv/bin/python benchmarks/decode_throughput.py --narrow int8-dynamic   # narrow t5scale vs float32 transformers
 
 Both sides decode exactly --target-len tokens per row: the EOS id given to both is `vocab_size`, an id no logit
 belongs to, so no row stops early (random weights would otherwise end rows at arbitrary points and each side would
@@ -41,6 +42,7 @@ BEAM_ALPHA = 0.6  # T5's brevity penalty; every hypothesis has the same length h
 # (t5x's ((5 + len) / 6)^alpha, transformers' len^alpha) does not change which one wins
 NARROW_GOAL = (">=", 1.0)
 WARMUP_CALLS = 2
+NARROW_MODES = ("int8", "int8-dynamic", "bfloat16")
 
 
 def main() -> None:
@@ -50,13 +52,17 @@ def main() -> None:
     parser.add_argument("--steps", type=int, help="decode calls per side per round")
     parser.add_argument("--threads", type=int, help="torch threads (default: os.cpu_count())")
     parser.add_argument("--beam-size", type=int, help="also compare beam search of this width (0: greedy only)")
-    parser.add_argument("--weights", nargs="+", choices=("int8", "int8-dynamic", "bfloat16"),
+    parser.add_argument("--weights", nargs="+", choices=NARROW_MODES,
                         help="compare t5scale with these in-memory weights against float32, instead of transformers")
+    parser.add_argument("--narrow", choices=NARROW_MODES,
+                        help="against transformers (float32), run t5scale with its weights held in this mode")
     args = harness.fill_defaults(parser.parse_args(),
                                  full=dict(batch_size=8, input_len=512, target_len=114, rounds=5, steps=1,
                                            scan=False, beam_size=4),  # unrolled: faster on CPU, as in train_throughput
                                  tiny=dict(batch_size=2, input_len=32, target_len=8, rounds=2, steps=1, scan=False,
                                            beam_size=2))
+    if args.weights and args.narrow:
+        parser.error("--weights compares t5scale with itself, --narrow with transformers: give one of them.")
     harness.warn_if_busy()
     cfg = harness.model_config(args)
     print(f"shape {cfg.name}: {cfg.operators()}, {cfg.dtype.name}; batch {args.batch_size} x {args.input_len} "
@@ -176,6 +182,11 @@ def compare_with_reference(args, cfg, model, inputs) -> None:
 
     new_tokens, never_eos = args.target_len, cfg.vocab_size
     reference = harness.hf_twin(model).eval()
+    if args.narrow:  # the reference keeps float32: the agreement below is then against float32 weights
+        from t5scale.compress.inference import keep_weights_narrow
+
+        model = keep_weights_narrow(model, args.narrow)
+        print(f"t5scale's weights held {args.narrow} (keep_weights_narrow); transformers' float32")
     threads = harness.set_torch_threads(args.threads)
     torch_inputs = torch.from_numpy(inputs).long()
     outputs = {}
@@ -216,7 +227,7 @@ def compare_with_reference(args, cfg, model, inputs) -> None:
         ratios.append({"name": f"t5scale / reference beam-{args.beam_size} tokens/s", "ratio": beam["ratio"],
                        "goal": BEAM_GOAL})
     harness.finish(args, {"benchmark": "decode_throughput", "ratio_name": "t5scale / reference greedy tokens/s",
-                          "ratio": ratio, "goal": GOAL, "ratios": ratios, "beam": beam,
+                          "ratio": ratio, "goal": GOAL, "ratios": ratios, "beam": beam, "narrow": args.narrow,
                           "shape": cfg.to_dict(), "batch_size": args.batch_size, "input_len": args.input_len,
                           "new_tokens": new_tokens, "rounds": args.rounds, "steps_per_round": args.steps,
                           "agreement": agreement, "sides": sides})

@@ -150,9 +150,8 @@ def _can_improve(state: _BeamState, alpha: jax.Array, max_decode_len: int) -> ja
 def _beam_search(model: T5, encoder_input_tokens: jax.Array, max_decode_len: int, beam_size: int,
                  alpha: jax.Array, eos_id: int) -> tuple[jax.Array, jax.Array]:
     batch = encoder_input_tokens.shape[0]
-    # Encode once per example, then give every beam its own copy of the cache.
-    encoded = jnp.repeat(model.encode(encoder_input_tokens), beam_size, axis=0)  # [B * K, S, D]
-    cache = model.init_cache(encoded, jnp.repeat(encoder_input_tokens, beam_size, axis=0), max_decode_len)
+    # Encode once per example; every beam gets its own self-attention cache, the encoder's keys/values are shared.
+    cache = model.init_cache(model.encode(encoder_input_tokens), encoder_input_tokens, max_decode_len, beam_size)
     # Only beam 0 is live at first: K copies of the same start would fill the beam with duplicates.
     live_logprobs = jnp.full((batch, beam_size), -jnp.inf).at[:, 0].set(0.0)
     start = _BeamState(jnp.zeros((batch, beam_size, max_decode_len + 1), jnp.int32), live_logprobs,

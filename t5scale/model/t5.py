@@ -41,9 +41,9 @@ class DecodeCache(NamedTuple):
 
     self_k: jax.Array | list[jax.Array]  # [L, B, n, T_max, h] or L x [B, n, T_max, h] (heads-major, layers.heads_major)
     self_v: jax.Array | list[jax.Array]
-    cross_k: jax.Array  # [L, B, n, S, h] encoder keys, projected once
-    cross_v: jax.Array  # [L, B, n, S, h]
-    encoder_valid: jax.Array  # [B, S] bool, False on encoder padding
+    cross_k: jax.Array  # [L, B_examples, n, S, h] encoder keys, projected once, shared by an example's beams
+    cross_v: jax.Array  # [L, B_examples, n, S, h]
+    encoder_valid: jax.Array  # [B_examples, S] bool, False on encoder padding
     index: jax.Array  # int32 scalar: position of the next token
 
     @property
@@ -112,9 +112,21 @@ class DecoderBlock(nnx.Module):
         if cache is None:
             x = x + drop(self.encoder_decoder_attention(h, encoded, cross_bias, rngs))
         else:
-            q = self.encoder_decoder_attention.project_query(h)
-            x = x + drop(self.encoder_decoder_attention.attend(q, cross_k, cross_v, cross_bias, rngs))
+            x = x + drop(self._cross_attend_step(h, cross_k, cross_v, cross_bias, rngs))
         return x + drop(self.mlp(self.pre_mlp_layer_norm(x), rngs)), None if cache is None else new_kv
+
+    def _cross_attend_step(self, h, cross_k, cross_v, cross_bias, rngs):
+        """Cross-attention of one decoding step, h [B * K, 1, D] -> [B * K, 1, D], for K rows per example.
+
+        In beam search the K beams of an example read the same encoder keys/values, so the cache holds them once
+        per example (cross_k/v [B, n, S, h]) and the beams are attended as K query positions of their example: a
+        [K, S] product per head instead of K matrix-vector ones, and a K-times smaller cache to read every step."""
+        attention = self.encoder_decoder_attention
+        q = attention.project_query(h)  # [B * K, n, 1, h]
+        batch = cross_k.shape[0]
+        q = q.reshape(batch, -1, *q.shape[1:]).squeeze(3).transpose(0, 2, 1, 3)  # [B, n, K, h]
+        out = attention.attend(q, cross_k, cross_v, cross_bias, rngs)  # [B, K, D]
+        return out.reshape(h.shape)
 
     def encoder_layer(self, x: jax.Array, bias: jax.Array, rngs: nnx.Rngs | None) -> jax.Array:
         """This block used as an encoder layer (the `sh` variant): its self-attention and MLP with their norms,
@@ -305,10 +317,14 @@ class T5(nnx.Module):
             logits = self.logits_dense(hidden)
         return logits.astype(jnp.float32)
 
-    def init_cache(self, encoded: jax.Array, encoder_input_tokens: jax.Array, max_decode_len: int) -> DecodeCache:
-        """Empty self-attention cache for `max_decode_len` steps, plus each layer's encoder keys/values."""
+    def init_cache(self, encoded: jax.Array, encoder_input_tokens: jax.Array, max_decode_len: int,
+                   rows_per_example: int = 1) -> DecodeCache:
+        """Empty self-attention cache for `max_decode_len` steps, plus each layer's encoder keys/values.
+
+        `rows_per_example` (beam search: the beam size K) decoder rows per example, row b * K + k for beam k of
+        example b: the self-attention cache gets B * K rows, the encoder's keys/values stay once per example."""
         cfg = self.cfg
-        batch = encoded.shape[0]
+        batch = encoded.shape[0] * rows_per_example
 
         def body(block, x, per_layer, shared):
             return x, block.encoder_decoder_attention.project_kv(encoded)
