@@ -17,7 +17,6 @@ import dataclasses
 from typing import Sequence
 
 import numpy as np
-from flax import nnx
 
 from t5scale.config import ModelConfig
 from t5scale.model import decoding
@@ -130,6 +129,6 @@ class LoadedModel:
         return out
 
 
-@nnx.jit
+@decoding.jit_with_model
 def _encode(model, tokens):
     return model.encode(tokens)

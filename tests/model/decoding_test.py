@@ -2,8 +2,10 @@
 
 import itertools
 
+import jax
 import numpy as np
 import pytest
+from flax import nnx
 
 from t5scale import abstract_model
 from t5scale.model import decoding
@@ -199,3 +201,13 @@ def test_predict_batch_decodes_as_long_as_the_targets(eos_model):
         "encoder_input_tokens"], T))
     tokens, _ = decoding.beam_search(model, batch["encoder_input_tokens"], T, beam_size=3, alpha=0.5)
     np.testing.assert_array_equal(decoding.predict_batch(model, batch, beam_size=3, alpha=0.5), tokens)
+
+
+def test_decoding_programs_return_their_result_only_not_the_parameters(v1_1_model):
+    """nnx.jit hands the model's state back from every call: a copy of every parameter written per call."""
+    x = np.asarray(encoder_batch(), np.int32)
+    greedy = decoding._greedy_decode.lower(v1_1_model, x, T, EOS).compile().memory_analysis()
+    assert greedy.output_size_in_bytes == B * T * 4  # int32 tokens [B, T]
+    beam = decoding._beam_search.lower(v1_1_model, x, T, 2, np.float32(0.6), EOS).compile().memory_analysis()
+    params = sum(a.nbytes for a in jax.tree.leaves(nnx.state(v1_1_model, nnx.Param)))
+    assert beam.output_size_in_bytes < 200 < params  # tokens and scores (96 bytes) and XLA's small change
