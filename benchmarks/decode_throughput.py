@@ -221,12 +221,13 @@ def compare_with_reference(args, cfg, model, inputs) -> None:
     sides = timing_table(harness.interleaved(runs, rounds=args.rounds, steps=args.steps),
                          args.batch_size * new_tokens)
     ratio = sides["reference"]["call_s"] / sides["t5scale"]["call_s"]
-    ratios = [{"name": "t5scale / reference greedy tokens/s", "ratio": ratio, "goal": GOAL}]
+    ours_name = f"t5scale {args.narrow}" if args.narrow else "t5scale"
+    ratios = [{"name": f"{ours_name} / reference greedy tokens/s", "ratio": ratio, "goal": GOAL}]
     beam = compare_beam(args, model, reference, inputs, never_eos) if args.beam_size else None
     if beam:
-        ratios.append({"name": f"t5scale / reference beam-{args.beam_size} tokens/s", "ratio": beam["ratio"],
+        ratios.append({"name": f"{ours_name} / reference beam-{args.beam_size} tokens/s", "ratio": beam["ratio"],
                        "goal": BEAM_GOAL})
-    harness.finish(args, {"benchmark": "decode_throughput", "ratio_name": "t5scale / reference greedy tokens/s",
+    harness.finish(args, {"benchmark": "decode_throughput", "ratio_name": ratios[0]["name"],
                           "ratio": ratio, "goal": GOAL, "ratios": ratios, "beam": beam, "narrow": args.narrow,
                           "shape": cfg.to_dict(), "batch_size": args.batch_size, "input_len": args.input_len,
                           "new_tokens": new_tokens, "rounds": args.rounds, "steps_per_round": args.steps,

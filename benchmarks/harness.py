@@ -66,6 +66,7 @@ def add_shape_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--scan", action=argparse.BooleanOptionalAction,
                         help="scanned (--scan) or unrolled (--no-scan) layers; default: per benchmark (see README)")
     parser.add_argument("--scan-unroll", type=int, help="layers per iteration of the scanned loop (default 1)")
+    parser.add_argument("--remat", choices=("none", "dots", "full"), help="model_config.remat (default: the shape's)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", metavar="PATH", help="also write the results to this JSON file")
 
@@ -86,6 +87,8 @@ def model_config(args: argparse.Namespace, **overrides) -> ModelConfig:
         overrides["scan_layers"] = args.scan
     if getattr(args, "scan_unroll", None) is not None:
         overrides["scan_unroll"] = args.scan_unroll
+    if getattr(args, "remat", None) is not None:
+        overrides["remat"] = args.remat
     operators = {**TINY_OPERATORS, **overrides} if args.tiny else overrides
     return t5scale.shape("small" if args.tiny else args.shape, dropout_rate=0.0, **operators)
 

@@ -17,8 +17,10 @@ import sys
 import tempfile
 
 HERE = pathlib.Path(__file__).resolve().parent
-BENCHMARKS = ("train_throughput", "compile_time", "compile_cache", "decode_throughput", "pipeline_vs_trainer",
-              "memory")
+BENCHMARKS = ("train_throughput", "compile_time", "compile_cache", "decode_throughput", "decode_int8",
+              "pipeline_vs_trainer", "memory")
+# Runs of a script with options of their own: name -> (script, options).
+VARIANTS = {"decode_int8": ("decode_throughput", ("--narrow", "int8-dynamic"))}
 
 
 def _goal_met(ratio: float | None, goal: list) -> bool | None:
@@ -39,7 +41,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as directory:
         for name in args.only:
             out = pathlib.Path(directory) / f"{name}.json"
-            command = [sys.executable, str(HERE / f"{name}.py"), *forwarded, "--json", str(out)]
+            script, options = VARIANTS.get(name, (name, ()))
+            command = [sys.executable, str(HERE / f"{script}.py"), *options, *forwarded, "--json", str(out)]
             print(f"\n=== {name}: {' '.join(command)}", flush=True)
             if subprocess.run(command).returncode != 0 or not out.exists():
                 failed.append(name)

@@ -10,8 +10,10 @@ scaling, no momentum, update clipping 1.0). Each warms up (t5scale's first step 
 in rounds. Tokens/s counts target tokens and, separately, input + target tokens; the ratio is the same for both.
 Achieved FLOP/s uses t5scale's FLOP counter (matmuls only) for both sides; MFU is against float32 matmul peaks
 measured now, by JAX and by torch. The goal (issue 6): t5scale >= 1.05x the reference's tokens/s.
-t5scale's layers are unrolled by default here (`--scan` to scan them): on this CPU an unrolled step is ~13% faster,
-a scanned one compiles in constant time (see compile_time.py). Both sides run with malloc keeping freed memory.
+t5scale runs the configuration `t5scale train` uses when nothing is set (ModelConfig's defaults: scanned layers, no
+remat); `--no-scan` unrolls the layers, the fastest setting on CPU (~12% faster per step here; a scanned stack
+compiles in constant time, see compile_time.py), `--remat dots|full` trades time for memory. Both sides run with
+malloc keeping freed memory, and JAX runs each CPU computation when called (t5scale.malloc), as the command does.
 """
 
 import argparse
@@ -36,9 +38,8 @@ def main() -> None:
     parser.add_argument("--no-reference", dest="reference", action="store_false",
                         help="time t5scale alone (accelerators: transformers runs on the CPU here)")
     args = harness.fill_defaults(parser.parse_args(),
-                                 full=dict(batch_size=8, input_len=512, target_len=114, rounds=5, steps=1,
-                                           scan=False),
-                                 tiny=dict(batch_size=2, input_len=32, target_len=8, rounds=2, steps=1, scan=False))
+                                 full=dict(batch_size=8, input_len=512, target_len=114, rounds=5, steps=1),
+                                 tiny=dict(batch_size=2, input_len=32, target_len=8, rounds=2, steps=1))
     if args.warmup < 1:
         parser.error("--warmup must be at least 1: t5scale's first step compiles.")
 
@@ -47,8 +48,9 @@ def main() -> None:
     lengths = (args.input_len, args.target_len)
     flops_per_step = args.batch_size * training_flops(cfg, *lengths).total
     print(f"shape {cfg.name}: {cfg.operators()}, {t5scale.count_params(cfg).total / 1e6:.1f}M params, "
-          f"{cfg.dtype.name}, {'scanned' if cfg.scan_layers else 'unrolled'} layers; batch {args.batch_size} x "
-          f"{lengths[0]}/{lengths[1]}; {flops_per_step / 1e9:.1f} GFLOP per training step (t5scale's counter)")
+          f"{cfg.dtype.name}, {'scanned' if cfg.scan_layers else 'unrolled'} layers, remat {cfg.remat.value}; "
+          f"batch {args.batch_size} x {lengths[0]}/{lengths[1]}; {flops_per_step / 1e9:.1f} GFLOP per training step "
+          "(t5scale's counter)")
 
     if args.reference and cfg.dtype.name != "float32":
         print(f"note: t5scale computes in {cfg.dtype.name}, the reference in float32")
