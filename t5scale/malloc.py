@@ -9,7 +9,7 @@ value, even empty) to keep your own setting, or T5SCALE_SYSTEM_MALLOC=1 to leave
 
 Kept memory is the high-water mark, so it also matters how many steps are in flight at once. With JAX's
 asynchronous CPU dispatch the trainer's next step is enqueued, with its temporaries allocated, while the previous
-one runs: two steps' temporaries at the peak (T5-small, 8 x 512/114: 8.4 GB resident instead of 3.6 GB, and the
+one runs: two steps' temporaries at the peak (T5-small, 8 x 512/114: 8.4 GB resident instead of 3.5 GB, and the
 page faults of growing into it). On a CPU the host is the device, so nothing is lost by running each computation
 when it is called: `run_cpu_computations_inline` turns that on (JAX applies it to single-device computations only).
 """
