@@ -5,7 +5,8 @@ matrix product contracts its first operand's last axis. XLA's CPU backend runs o
 the transposed ones autodiff produces (dK = dS^T Q, dV = P^T dO) ran in slower Eigen kernels. Here the small
 operand (Q or dO, [b, n, l, h]) is transposed instead, and an optimization barrier keeps XLA from folding that
 transpose back into the product. The softmax gradient uses rowsum(dP * P) = rowsum(dO * O), which needs no pass
-over the [b, n, l, m] probabilities.
+over the [b, n, l, m] probabilities. The output comes token-major, [b*l, n, h], the layout the output projection
+reads, so the array the backward pass keeps (O) is the projection's input too: one saved copy, not two.
 
 Einsum legend: b batch, n heads, l query length, m key length, h head dim.
 """
@@ -20,14 +21,26 @@ import jax.numpy as jnp
 def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, bias: jax.Array,
                           dropout_scale: jax.Array) -> jax.Array:
     """q [b, n, l, h], k/v [b, n, m, h], bias and dropout_scale (0 or 1/keep per weight, or a scalar 1)
-    broadcastable to [b, n, l, m] -> [b, n, l, h]. Logits and softmax in float32, products in q's dtype."""
+    broadcastable to [b, n, l, m] -> token-major [b*l, n, h]. Logits and softmax in float32, products in q's
+    dtype."""
     return _forward(q, k, v, bias, dropout_scale)[0]
+
+
+def _to_tokens(x: jax.Array) -> jax.Array:
+    """[b, n, l, h] -> [b*l, n, h]."""
+    batch, heads, length, head_dim = x.shape
+    return x.transpose(0, 2, 1, 3).reshape(batch * length, heads, head_dim)
+
+
+def _from_tokens(x: jax.Array, batch: int) -> jax.Array:
+    """[b*l, n, h] -> [b, n, l, h]."""
+    return x.reshape(batch, -1, *x.shape[1:]).transpose(0, 2, 1, 3)
 
 
 def _forward(q, k, v, bias, dropout_scale):
     logits = jnp.einsum("bnlh,bnmh->bnlm", q, k, preferred_element_type=jnp.float32) + bias
     probs = jax.nn.softmax(logits, axis=-1)
-    out = jnp.einsum("bnlm,bnmh->bnlh", (probs * dropout_scale).astype(v.dtype), v)
+    out = _to_tokens(jnp.einsum("bnlm,bnmh->bnlh", (probs * dropout_scale).astype(v.dtype), v))
     return out, (q, k, v, bias, dropout_scale, probs, out)
 
 
@@ -45,10 +58,12 @@ def _sum_to_shape(x: jax.Array, shape: tuple[int, ...]) -> jax.Array:
 
 def _backward(residuals, d_out):
     q, k, v, bias, dropout_scale, probs, out = residuals
+    row = jnp.sum(d_out.astype(jnp.float32) * out.astype(jnp.float32), axis=-1)  # [b*l, n]
+    row = row.reshape(q.shape[0], q.shape[2], q.shape[1]).transpose(0, 2, 1)[..., None]  # [b, n, l, 1]
+    d_out = _from_tokens(d_out, q.shape[0])
     weights = (probs * dropout_scale).astype(v.dtype)
     d_v = jnp.swapaxes(_transposed(d_out) @ weights, -1, -2)  # ([b,n,h,l] @ [b,n,l,m])^T = P^T dO
     d_weights = jnp.einsum("bnlh,bnmh->bnlm", d_out, v, preferred_element_type=jnp.float32) * dropout_scale
-    row = jnp.sum(d_out.astype(jnp.float32) * out.astype(jnp.float32), axis=-1, keepdims=True)
     d_logits = probs * (d_weights - row)
     d_q = jnp.einsum("bnlm,bnmh->bnlh", d_logits.astype(q.dtype), k)
     d_k = jnp.swapaxes(_transposed(q) @ d_logits.astype(q.dtype), -1, -2)  # dS^T Q

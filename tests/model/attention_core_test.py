@@ -13,7 +13,8 @@ B, N, L, M, H = 2, 3, 5, 7, 4
 def plain_attention(q, k, v, bias, dropout_scale):
     logits = jnp.einsum("bnlh,bnmh->bnlm", q, k, preferred_element_type=jnp.float32) + bias
     weights = (jax.nn.softmax(logits, axis=-1) * dropout_scale).astype(v.dtype)
-    return jnp.einsum("bnlm,bnmh->bnlh", weights, v)
+    out = jnp.einsum("bnlm,bnmh->bnlh", weights, v)
+    return out.transpose(0, 2, 1, 3).reshape(B * L, N, H)  # token-major, as dot_product_attention returns
 
 
 def inputs(bias_shape, dtype=jnp.float32):
@@ -21,7 +22,7 @@ def inputs(bias_shape, dtype=jnp.float32):
     q, k, v = (jnp.asarray(rng.normal(size=shape), dtype) for shape in ((B, N, L, H), (B, N, M, H), (B, N, M, H)))
     bias = rng.normal(size=bias_shape).astype(np.float32)
     bias[..., -2:] = -1e10  # masked keys
-    cotangent = jnp.asarray(rng.normal(size=(B, N, L, H)), dtype)
+    cotangent = jnp.asarray(rng.normal(size=(B * L, N, H)), dtype)
     return q, k, v, jnp.asarray(bias), cotangent
 
 

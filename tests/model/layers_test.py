@@ -14,6 +14,7 @@ from t5scale.model.layers import (
     broadcast_batch,
     make_norm,
     relative_position_buckets,
+    relu,
 )
 from tests.testing import tiny_config
 
@@ -129,6 +130,26 @@ def test_rms_norm_has_no_mean_and_computes_in_float32():
     out = norm(jnp.asarray(x, jnp.bfloat16))
     assert out.dtype == jnp.float32
     np.testing.assert_allclose(out, expected, rtol=2e-2, atol=2e-2)  # input rounded to bf16 once
+
+
+def test_rms_norm_gradients_match_flax_rms_norm():
+    """The norm recomputed in the backward pass (it keeps only its input) has nnx.RMSNorm's gradients."""
+    norm = make_norm(tiny_config(), nnx.Rngs(0))
+    norm.scale[...] = np.linspace(0.5, 2.0, 24, dtype=np.float32)
+    reference = nnx.RMSNorm(24, epsilon=1e-6, dtype=jnp.float32, rngs=nnx.Rngs(0))
+    reference.scale[...] = norm.scale[...]
+    x = jnp.asarray(np.random.default_rng(3).normal(size=(B, L, 24)), jnp.float32)
+    cotangent = jnp.asarray(np.random.default_rng(4).normal(size=(B, L, 24)), jnp.float32)
+    grads = [nnx.grad(lambda m, x: jnp.sum(m(x) * cotangent), argnums=(0, 1))(m, x) for m in (norm, reference)]
+    np.testing.assert_allclose(grads[0][1], grads[1][1], rtol=1e-5, atol=1e-6)  # d input
+    np.testing.assert_allclose(grads[0][0]["scale"][...], grads[1][0]["scale"][...], rtol=1e-5, atol=1e-6)
+
+
+def test_relu_matches_jax_relu_in_value_and_gradient():
+    x = jnp.asarray([-2.0, -0.0, 0.0, 1e-30, 3.0])
+    np.testing.assert_array_equal(relu(x), jax.nn.relu(x))
+    np.testing.assert_array_equal(jax.grad(lambda x: jnp.sum(relu(x) * 2.0))(x), [0, 0, 0, 2, 2])
+    np.testing.assert_array_equal(jax.grad(lambda x: jnp.sum(jax.nn.relu(x) * 2.0))(x), [0, 0, 0, 2, 2])
 
 
 def test_dropout_needs_a_key_and_is_reproducible():
