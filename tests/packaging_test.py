@@ -33,7 +33,8 @@ def test_the_wheel_carries_every_gin_and_data_file_and_its_metadata(dist):
         entry_points = wheel.read(next(n for n in names if n.endswith(".dist-info/entry_points.txt"))).decode()
     assert {f"t5scale/gin/{name}" for name in GIN_FILES} <= names
     assert "t5scale/released_shapes.tsv" in names
-    assert any(n.endswith(".dist-info/LICENSE") for n in names)
+    # Older setuptools write .dist-info/LICENSE; newer ones (PEP 639; 84.2 here) .dist-info/licenses/LICENSE.
+    assert any(n.endswith((".dist-info/LICENSE", ".dist-info/licenses/LICENSE")) for n in names)
     assert not any(n.startswith(("tests/", "gin/", "benchmarks/")) for n in names)
     assert "License: Apache-2.0" in metadata and "License :: OSI Approved :: Apache Software License" in metadata
     assert {"tpu", "gpu", "hf", "test"} <= {line.split(": ")[1] for line in metadata.splitlines()
