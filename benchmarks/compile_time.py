@@ -20,7 +20,7 @@ from flax import nnx
 
 import t5scale
 from t5scale.train.optim import OptimConfig, make_optimizer
-from t5scale.train.step import TrainState, make_train_step
+from t5scale.train.step import TrainState, make_train_step, train_step_compiler_options
 
 GOAL = ("<=", 2.0)
 
@@ -34,7 +34,7 @@ def compile_seconds(cfg, batch_size: int, input_len: int, target_len: int) -> di
         ("encoder_input_tokens", input_len, jnp.int32), ("decoder_input_tokens", target_len, jnp.int32),
         ("decoder_target_tokens", target_len, jnp.int32), ("decoder_loss_weights", target_len, jnp.float32))}
     step = jax.jit(make_train_step(graphdef, tx, z_loss=harness.Z_LOSS, microbatches=1, dropout_seed=0),
-                   donate_argnums=0)
+                   donate_argnums=0, compiler_options=train_step_compiler_options())
     lower_s, lowered = harness.timed(lambda: step.lower(state, batch))
     compile_s, _ = harness.timed(lowered.compile)
     return {"lower_s": lower_s, "compile_s": compile_s, "total_s": lower_s + compile_s}

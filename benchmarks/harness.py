@@ -37,7 +37,7 @@ from flax import nnx  # noqa: E402
 import t5scale  # noqa: E402
 from t5scale.config import ModelConfig  # noqa: E402
 from t5scale.train.optim import OptimConfig, Schedule, make_optimizer  # noqa: E402
-from t5scale.train.step import TrainState, make_train_step  # noqa: E402
+from t5scale.train.step import TrainState, make_train_step, train_step_compiler_options  # noqa: E402
 
 # A smoke-test shape: every dimension small, vocab above the embedded vocabulary's 2100 ids (so a real batch from
 # the span-corruption pipeline fits) and a multiple of 128 like T5's.
@@ -126,7 +126,8 @@ def make_t5scale_trainer(model: nnx.Module, batch: dict[str, np.ndarray], optim:
     graphdef, params = nnx.split(model, nnx.Param)
     params = jax.tree.map(jnp.copy, params)  # the step donates its state; `model` keeps working
     tx = make_optimizer(optim or optim_config())
-    step = jax.jit(make_train_step(graphdef, tx, z_loss=Z_LOSS, microbatches=1, dropout_seed=0), donate_argnums=0)
+    step = jax.jit(make_train_step(graphdef, tx, z_loss=Z_LOSS, microbatches=1, dropout_seed=0), donate_argnums=0,
+                   compiler_options=train_step_compiler_options())
     device_batch = {k: jnp.asarray(v) for k, v in batch.items()}
     state = TrainState(jnp.zeros((), jnp.int32), params, tx.init(params))
 

@@ -53,6 +53,17 @@ def _split_microbatches(batch: Batch, microbatches: int) -> Batch:
     return jax.tree.map(lambda x: x.reshape(microbatches, x.shape[0] // microbatches, *x.shape[1:]), batch)
 
 
+# XLA:CPU's memory-optimised scheduler orders the train step's operations to keep fewer temporaries alive:
+# T5-small at 8 x 512/114 needs 1689 instead of 1892 MiB (peak RSS 2899 -> 2696 MiB), at the same step time
+# (4.53 vs 4.58 s, interleaved). Accelerators keep their compilers' own schedulers.
+CPU_COMPILER_OPTIONS = {"xla_cpu_scheduler_type": "CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED"}
+
+
+def train_step_compiler_options() -> dict[str, str] | None:
+    """`jax.jit(..., compiler_options=...)` for the train step on this process's backend."""
+    return CPU_COMPILER_OPTIONS if jax.default_backend() == "cpu" else None
+
+
 def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, *, z_loss: float,
                     microbatches: int, dropout_seed: int) -> Callable[..., tuple[TrainState, dict]]:
     """train_step(state, batch, masks=None): with a pruning run's masks, pruned weights are set back to zero after

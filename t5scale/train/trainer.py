@@ -54,7 +54,7 @@ from t5scale.train.optim import OptimConfig, make_learning_rate_fn, make_optimiz
 from t5scale.train.partitioning import MeshConfig, batch_sharding, make_mesh, opt_state_shardings, param_shardings
 from t5scale.train.profile import StepProfiler
 from t5scale.train.pruning import PruningConfig
-from t5scale.train.step import TrainState, make_eval_step, make_train_step
+from t5scale.train.step import TrainState, make_eval_step, make_train_step, train_step_compiler_options
 
 # Fields that define the network; a resumed run must match the checkpoint on all of them.
 ARCHITECTURE_FIELDS = ("num_encoder_layers", "num_decoder_layers", "d_model", "d_kv", "num_heads", "d_ff",
@@ -314,7 +314,8 @@ def train(*, model_cfg: ModelConfig, data_cfg: DataConfig, optim_cfg: OptimConfi
     train_step = jax.jit(make_train_step(graphdef, tx, z_loss=train_cfg.z_loss,
                                          microbatches=train_cfg.microbatches, dropout_seed=train_cfg.seed),
                          in_shardings=(state_sharding, data_sharding, masks_sharding),
-                         out_shardings=(state_sharding, None), donate_argnums=0)
+                         out_shardings=(state_sharding, None), donate_argnums=0,
+                         compiler_options=train_step_compiler_options())
     prune_now = None if masks is None else _make_mask_update(train_cfg.pruning, state_sharding, masks_sharding)
     eval_step = jax.jit(make_eval_step(graphdef, z_loss=train_cfg.z_loss),
                         in_shardings=(state_sharding.params, data_sharding))

@@ -13,7 +13,13 @@ import optax
 import pytest
 from flax import nnx
 
-from t5scale.train.step import TrainState, cross_entropy, make_eval_step, make_train_step
+from t5scale.train.step import (
+    TrainState,
+    cross_entropy,
+    make_eval_step,
+    make_train_step,
+    train_step_compiler_options,
+)
 from tests.testing import forward, random_model, random_tokens, tiny_config
 
 CFG = tiny_config(num_encoder_layers=1, num_decoder_layers=1, scan_layers=False)  # the fastest to compile
@@ -157,3 +163,20 @@ def test_eval_step_sums_are_cross_entropy_on_the_models_logits(model, state, eva
     assert set(sums) == set(want)
     for key in want:
         np.testing.assert_allclose(float(sums[key]), want[key], rtol=1e-5, err_msg=key)
+
+
+def test_on_a_cpu_the_train_step_compiles_with_a_scheduler_that_needs_fewer_temporaries():
+    """The trainer's compiler options (this jaxlib knows them) keep fewer temporaries alive than XLA's default."""
+    assert jax.default_backend() == "cpu"
+    cfg = tiny_config(num_encoder_layers=2, num_decoder_layers=2)
+    model = random_model(cfg)
+    graphdef, params = nnx.split(model, nnx.Param)
+    state = TrainState(jnp.zeros((), jnp.int32), params, SGD.init(params))
+    rng = np.random.default_rng(0)
+    batch = {"encoder_input_tokens": random_tokens(rng, (4, 64)), "decoder_input_tokens": random_tokens(rng, (4, 16)),
+             "decoder_target_tokens": random_tokens(rng, (4, 16)),
+             "decoder_loss_weights": np.ones((4, 16), np.float32)}
+    step = make_train_step(graphdef, SGD, z_loss=Z_LOSS, microbatches=1, dropout_seed=0)
+    temporaries = [jax.jit(step, compiler_options=options).lower(state, batch).compile().memory_analysis()
+                   .temp_size_in_bytes for options in (None, train_step_compiler_options())]
+    assert temporaries[1] < 0.9 * temporaries[0]
