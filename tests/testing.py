@@ -81,3 +81,14 @@ def assert_cached_decoding_like_the_reference(model, ref: dict) -> None:
     for position in range(y.shape[1]):
         logits, cache = step(model, y[:, position], cache)
         np.testing.assert_allclose(logits, ref["logits"][:, position], atol=1e-4, rtol=1e-4)
+
+
+def kept_floats(fn, *args) -> int:
+    """Float elements autodiff keeps from fn's forward pass for its backward pass, not counting fn's arguments
+    (parameters and inputs) and scalars."""
+    import jax.numpy as jnp
+    from jax._src.ad_checkpoint import saved_residuals  # what jax.ad_checkpoint.print_saved_residuals prints
+
+    return sum(aval.size for aval, source in saved_residuals(fn, *args)
+               if not source.startswith("from the argument") and aval.ndim and jnp.issubdtype(aval.dtype,
+                                                                                             jnp.floating))

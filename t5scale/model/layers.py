@@ -214,6 +214,13 @@ class Attention(nnx.Module):
                            bias, rngs)
 
 
+@jax.checkpoint
+def _gated_gelu(gate: jax.Array, linear: jax.Array) -> jax.Array:
+    """gelu(gate) * linear, recomputed from its two inputs in the backward pass: autodiff of the tanh-approximate
+    GELU kept five [t, f] intermediates, and the product its GELU factor, besides the inputs."""
+    return jax.nn.gelu(gate, approximate=True) * linear
+
+
 class Mlp(nnx.Module):
     """v1.0: wo(relu(wi x)). v1.1: wo(gelu(wi_0 x) * wi_1 x). Dropout on the hidden activations."""
 
@@ -232,7 +239,7 @@ class Mlp(nnx.Module):
     def __call__(self, x: jax.Array, rngs: nnx.Rngs | None) -> jax.Array:
         x_tokens = tokens(x)
         if self.gated:  # tanh-approximate GELU, as t5x and HF's gelu_new
-            hidden = jax.nn.gelu(self.wi_0(x_tokens), approximate=True) * self.wi_1(x_tokens)
+            hidden = _gated_gelu(self.wi_0(x_tokens), self.wi_1(x_tokens))
         else:
             hidden = relu(self.wi(x_tokens))
         hidden = self.dropout(hidden, deterministic=rngs is None, rngs=rngs)

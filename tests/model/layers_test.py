@@ -16,7 +16,7 @@ from t5scale.model.layers import (
     relative_position_buckets,
     relu,
 )
-from tests.testing import tiny_config
+from tests.testing import kept_floats, tiny_config
 
 # Legend: b batch 2, l query length 3, m key length 7, d model 24, n heads 4, h head dim 5, f d_ff 36.
 B, L, M = 2, 3, 7
@@ -119,6 +119,15 @@ def test_mlp_matches_numpy_reference(activation):
         gelu = 0.5 * gate * (1 + np.tanh(np.sqrt(2 / np.pi) * (gate + 0.044715 * gate ** 3)))
         hidden = gelu * (x @ np.asarray(mlp.wi_1.kernel[...]))
     np.testing.assert_allclose(mlp(x, None), hidden @ wo, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("activation, hidden_arrays", [("relu", 1), ("gated-gelu", 3)])
+def test_mlp_keeps_its_flattened_input_and_the_hidden_arrays_it_needs_for_its_gradient(activation, hidden_arrays):
+    """relu: its output (the gradient's mask is read off it); gated-GELU: both projections' outputs and their
+    product, the GELU recomputed."""
+    mlp = Mlp(tiny_config(activation=activation), rngs=nnx.Rngs(1))
+    x = jnp.asarray(np.random.default_rng(1).normal(size=(B, L, 24)), jnp.float32)
+    assert kept_floats(lambda mlp, x: jnp.sum(mlp(x, None)), mlp, x) == B * L * (24 + hidden_arrays * 36)
 
 
 def test_rms_norm_has_no_mean_and_computes_in_float32():

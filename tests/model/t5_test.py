@@ -9,7 +9,7 @@ from flax import nnx
 from t5scale import abstract_model
 from t5scale.model.layout import flat_params, load_flat_params
 from t5scale.sharding import LOGICAL_AXES, RULE_SETS, logical_axis_rules
-from tests.testing import forward, random_model, random_tokens, tiny_config
+from tests.testing import forward, kept_floats, random_model, random_tokens, tiny_config
 
 # Legend: batch 2, encoder length 9, decoder length 6 (tiny_config: EL 2, DL 3, DM 24, KV 5, NH 4, FF 36).
 B, S, T = 2, 9, 6
@@ -73,16 +73,6 @@ def test_remat_changes_neither_loss_nor_gradients(remat, scan_layers):
     assert loss == pytest.approx(float(loss_r), rel=1e-6)
     for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(grads_r)):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
-
-
-def kept_floats(fn, *args) -> int:
-    """Float elements autodiff keeps from fn's forward pass for its backward pass, not counting fn's arguments
-    (parameters and inputs) and scalars."""
-    from jax._src.ad_checkpoint import saved_residuals  # what jax.ad_checkpoint.print_saved_residuals prints
-
-    return sum(aval.size for aval, source in saved_residuals(fn, *args)
-               if not source.startswith("from the argument") and aval.ndim and jnp.issubdtype(aval.dtype,
-                                                                                             jnp.floating))
 
 
 def test_a_block_keeps_each_activation_once_for_its_backward_pass():
