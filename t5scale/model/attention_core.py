@@ -32,8 +32,10 @@ def _to_tokens(x: jax.Array) -> jax.Array:
     return x.transpose(0, 2, 1, 3).reshape(batch * length, heads, head_dim)
 
 
-def _from_tokens(x: jax.Array, batch: int) -> jax.Array:
-    """[b*l, n, h] -> [b, n, l, h]."""
+def heads_major(x: jax.Array, batch: int) -> jax.Array:
+    """Token-major [b*l, n, h] (a projection's output) -> [b, n, l, h]. Attention works heads-major: the batched
+    matmuls want (b, n) in front, XLA's CPU backward ran ~2.5% faster for the explicit transposes, and the decoding
+    cache then needs none per step."""
     return x.reshape(batch, -1, *x.shape[1:]).transpose(0, 2, 1, 3)
 
 
@@ -58,9 +60,9 @@ def _sum_to_shape(x: jax.Array, shape: tuple[int, ...]) -> jax.Array:
 
 def _backward(residuals, d_out):
     q, k, v, bias, dropout_scale, probs, out = residuals
-    row = jnp.sum(d_out.astype(jnp.float32) * out.astype(jnp.float32), axis=-1)  # [b*l, n]
-    row = row.reshape(q.shape[0], q.shape[2], q.shape[1]).transpose(0, 2, 1)[..., None]  # [b, n, l, 1]
-    d_out = _from_tokens(d_out, q.shape[0])
+    row = heads_major(jnp.sum(d_out.astype(jnp.float32) * out.astype(jnp.float32), axis=-1, keepdims=True),
+                      q.shape[0])  # [b, n, l, 1]
+    d_out = heads_major(d_out, q.shape[0])
     weights = (probs * dropout_scale).astype(v.dtype)
     d_v = jnp.swapaxes(_transposed(d_out) @ weights, -1, -2)  # ([b,n,h,l] @ [b,n,l,m])^T = P^T dO
     d_weights = jnp.einsum("bnlh,bnmh->bnlm", d_out, v, preferred_element_type=jnp.float32) * dropout_scale

@@ -39,7 +39,7 @@ class DecodeCache(NamedTuple):
     every step (greedy decoding of `small`, 8 x 114 tokens: 4.05 -> 3.55 s on CPU with the list).
     """
 
-    self_k: jax.Array | list[jax.Array]  # [L, B, n, T_max, h] or L x [B, n, T_max, h] (heads-major, layers.heads_major)
+    self_k: jax.Array | list[jax.Array]  # [L, B, n, T_max, h] or L x [B, n, T_max, h] (attention_core.heads_major)
     self_v: jax.Array | list[jax.Array]
     cross_k: jax.Array  # [L, B_examples, n, S, h] encoder keys, projected once, shared by an example's beams
     cross_v: jax.Array  # [L, B_examples, n, S, h]
