@@ -27,6 +27,18 @@ from t5scale.data.tasks import get_task_or_mixture
 from t5scale.staging import StagedDir
 
 
+class _DroppedFeaturesNotice(logging.Filter):
+    """Hides seqio's warning that packing drops the features it has no length for. Every fine-tuning task has such
+    features (the pretokenized text, the example index) for its metrics, which read them from seqio's own unpacked
+    copy; the warning came at every validation pass, in the middle of the training's progress output."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Features not in `features_length` will be removed during packing")
+
+
+logging.getLogger("absl").addFilter(_DroppedFeaturesNotice())
+
+
 class DataNotFoundError(FileNotFoundError):
     """A dataset the task reads has not been prepared where TFDS looks for it."""
 

@@ -1,4 +1,4 @@
-"""Training metrics: TensorBoard event files and plain files in MODEL_DIR, a progress bar on the console.
+"""Training metrics: TensorBoard event files and plain files in MODEL_DIR, progress on the console.
 
 Plain files, so a study can rebuild its table from run directories alone (`t5scale.analysis.results`):
 - `metrics.jsonl`: every step's training metrics;
@@ -8,6 +8,9 @@ Plain files, so a study can rebuild its table from run directories alone (`t5sca
 - `run_info.json`: devices, process count, library versions and the git commit, for provenance.
 A resumed run appends again from its checkpoint's step; readers keep the last entry of each step.
 Step metrics stay on the device until `flush`, so logging does not add a host sync to every step.
+
+Progress: a tqdm bar on a terminal; where stderr is a file or a pipe (a pod's or a SLURM job's log, CI), one plain
+line per logged window instead, since a bar redrawn with carriage returns makes one unreadable line there.
 
 TensorBoard's event files are written by TensorFlow (clu -> tf.summary). For a gs:// MODEL_DIR they are written to a
 local folder and copied into MODEL_DIR with etils.epath (`EventFiles`), at most every `UPLOAD_EVERY_S` seconds and
@@ -21,6 +24,7 @@ import json
 import logging
 import math
 import subprocess
+import sys
 import time
 
 import jax
@@ -135,8 +139,11 @@ class MetricsLogger:
         self._last_time, self._last_step = time.perf_counter(), start_step
         self.last_loss: float | None = None
         self.last_scalars: dict[str, float] = {}  # of the last logged window: loss, throughput, MFU
+        progress_bar = progress_bar and self._main
+        self._lines = progress_bar and not sys.stderr.isatty()  # plain lines where a bar cannot redraw
+        self._total_steps = total_steps
         self._bar = tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True,
-                         disable=not (progress_bar and self._main))
+                         disable=not progress_bar or self._lines)
 
     def record(self, step: int, step_metrics: dict) -> None:
         self._pending.append((step, step_metrics))
@@ -177,10 +184,13 @@ class MetricsLogger:
                       **({"compile": True} if self._compiling else {})}
             self._append("throughput.jsonl", window)
         self._compiling = False
+        progress = {"loss": f"{mean['loss']:.3f}", "acc": f"{mean['accuracy']:.3f}",
+                    "tok_s": f"{tokens / seconds:,.0f}", **({"mfu": f"{scalars['mfu']:.1%}"} if self._peak else {})}
+        if self._lines:
+            print(f"step {step}/{self._total_steps}: " + ", ".join(f"{k} {v}" for k, v in progress.items())
+                  + f", {seconds / max(steps, 1):.3g} s/step", file=sys.stderr, flush=True)
         self._bar.update(step - self._bar.n)
-        self._bar.set_postfix(loss=f"{mean['loss']:.3f}", acc=f"{mean['accuracy']:.3f}",
-                              tok_s=f"{tokens / seconds:,.0f}",
-                              **({"mfu": f"{scalars['mfu']:.1%}"} if self._peak else {}))
+        self._bar.set_postfix(progress)
 
     def reset_timer(self, step: int) -> None:
         """Exclude time spent outside training steps (evaluation, checkpointing) from throughput."""

@@ -158,3 +158,13 @@ def test_a_pipeline_with_python_code_saves_no_position_and_restarts_from_its_beg
     restarted.restore(path)
     assert next(restarted)["x"].tolist() == [0]
     assert "from its beginning" in caplog.text
+
+
+def test_packing_a_task_with_text_features_does_not_warn_about_dropping_them(caplog):
+    from absl import logging as absl_logging
+
+    batch = next(make_batch_iterator(DataConfig("embedded_sst2", task_feature_lengths=LENGTHS, batch_size=4)))
+    assert set(batch) == set(FEATURES)  # the pretokenized text and index were dropped, as packing does
+    absl_logging.warning("another seqio warning")
+    assert "another seqio warning" in caplog.text  # other warnings still show
+    assert "will be removed during packing" not in caplog.text

@@ -1,9 +1,11 @@
 """The metrics logger's plain files: windows with the compiling one flagged, validation rows, run info, and JSON
 lines appended without losing earlier ones, locally and on gs:// (an emulator); TensorBoard files copied to a
-gs:// MODEL_DIR while the run goes on, not only at its end."""
+gs:// MODEL_DIR while the run goes on, not only at its end; progress as a bar on a terminal, as lines in a log."""
 
 import json
+import sys
 
+import pytest
 from etils import epath
 
 from t5scale.train import metrics
@@ -79,3 +81,27 @@ def test_the_logger_writes_windows_eval_rows_and_run_info(tmp_path):
                                                                                 "accuracy": 0.6}]
     info = json.loads((tmp_path / "run_info.json").read_text())
     assert info["device_count"] >= 1 and info["platform"] == "cpu" and info["versions"]["jax"]
+
+
+@pytest.mark.parametrize("terminal", [False, True])
+def test_progress_is_a_bar_on_a_terminal_and_one_line_per_window_in_a_log(tmp_path, capsys, monkeypatch, terminal):
+    import jax.numpy as jnp
+
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: terminal)
+    logger = metrics.MetricsLogger(str(tmp_path), flops_per_step=1.0, learning_rate_fn=lambda step: 0.1,
+                                   peak_flops=None, total_steps=4, start_step=0, progress_bar=True)
+    for step in (1, 2, 3, 4):
+        logger.record(step, {"loss": jnp.float32(step), "accuracy": jnp.float32(0.5), "tokens": jnp.float32(10)})
+        if step % 2 == 0:
+            logger.flush(step)
+    logger.write_eval(4, {"loss": 1.5, "accuracy": 0.6})
+    logger.close()
+    out, err = capsys.readouterr()
+    assert "step 4: validation loss 1.5000, accuracy 0.6000\n" in out
+    lines = [line for line in err.splitlines() if line.startswith("step ")]
+    if terminal:
+        assert not lines and "\r" in err  # tqdm redraws its bar in place
+    else:
+        assert [line.split(", tok_s")[0] for line in lines] == ["step 2/4: loss 1.500, acc 0.500",
+                                                                 "step 4/4: loss 3.500, acc 0.500"]
+        assert "\r" not in err and "it/s" not in err and "step/s" not in err
