@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import os
 import pathlib
 import sys
 from typing import Any, Callable
@@ -254,8 +255,29 @@ def run_command(name: str, gin_files: list[str] = (), bindings: list[str] = (), 
     return COMMANDS[name].run(argparse.Namespace(command=name, **args), list(gin_files), list(bindings))
 
 
+TRACEBACK_ENV = "T5SCALE_TRACEBACK"  # set (to anything) to get the traceback instead of the one-line error
+_PACKAGE = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _raised_outside(error: BaseException) -> str:
+    """Where the error was raised, when that is not t5scale's own code: t5scale's errors name the culprit, while
+    a ValueError from another library (jax, orbax, ...) may be a bug, which needs the stack to be found."""
+    frame = error.__traceback__
+    if frame is None:
+        return ""
+    while frame.tb_next is not None:
+        frame = frame.tb_next
+    path = pathlib.Path(frame.tb_frame.f_code.co_filename).resolve()
+    if _PACKAGE in path.parents:
+        return ""
+    roots = [pathlib.Path(p).resolve() for p in sys.path if p]
+    root = max((r for r in roots if r in path.parents), key=lambda r: len(r.parts), default=path.parent)
+    return f" [raised in {path.relative_to(root)}:{frame.tb_lineno}; {TRACEBACK_ENV}=1 shows the traceback]"
+
+
 def run(argv: list[str], description: str = "", order: tuple[str, ...] = ()) -> int:
-    """Parse argv, run the command; a user's mistake is one line on stderr and exit code 2 (3 for a NaN loss)."""
+    """Parse argv, run the command; a user's mistake is one line on stderr and exit code 2 (3 for a NaN loss).
+    With T5SCALE_TRACEBACK set, errors propagate with their traceback instead."""
     from t5scale.cache import set_compilation_cache
     from t5scale.malloc import run_cpu_computations_inline
     from t5scale.storage import StorageError
@@ -268,13 +290,17 @@ def run(argv: list[str], description: str = "", order: tuple[str, ...] = ()) -> 
         run_cpu_computations_inline()
         args.run(args, gin_files, bindings)
     except (UsageError, ValueError, NotImplementedError, FileNotFoundError, StorageError) as error:
-        print(f"t5scale: error: {error}", file=sys.stderr)
+        if os.environ.get(TRACEBACK_ENV):
+            raise
+        print(f"t5scale: error: {error}{_raised_outside(error)}", file=sys.stderr)
         return 2
     except (CommandFailed, CheckpointWriteError, CheckpointReadError) as error:  # storage or the run's own work
+        if os.environ.get(TRACEBACK_ENV):
+            raise
         print(f"t5scale: {'error: ' if isinstance(error, OSError) else ''}{error}", file=sys.stderr)
         return 1
     except RuntimeError as error:
-        if type(error).__name__ != "NonFiniteLossError":
+        if type(error).__name__ != "NonFiniteLossError" or os.environ.get(TRACEBACK_ENV):
             raise
         print(f"t5scale: error: {error}", file=sys.stderr)
         return 3

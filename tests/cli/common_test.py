@@ -115,3 +115,27 @@ def test_model_config_defaults_are_model_configs():
 
     assert common.model_config("small") == config_lib.shape("small")  # one place for the defaults
     assert common.model_config("small", scan_layers=False, NL=2) == config_lib.shape("small-nl2", scan_layers=False)
+
+
+def test_an_error_raised_by_another_library_says_where_and_how_to_get_the_traceback(capsys, monkeypatch):
+    import dataclasses
+
+    import t5scale
+
+    def command_raising(error_source):
+        def run(args, gin_files, bindings):
+            error_source()
+        return dataclasses.replace(common.COMMANDS["shapes"], run=run)
+
+    monkeypatch.setitem(common.COMMANDS, "shapes", command_raising(lambda: json.loads("{")))
+    code, _, err = run(capsys, "shapes")
+    assert code == 2 and err.count("\n") == 1
+    assert err.startswith("t5scale: error: Expecting property name") and "[raised in json/decoder.py:" in err
+    assert f"{common.TRACEBACK_ENV}=1 shows the traceback]" in err
+    monkeypatch.setenv(common.TRACEBACK_ENV, "1")
+    with pytest.raises(json.JSONDecodeError):
+        main(["shapes"])
+    monkeypatch.delenv(common.TRACEBACK_ENV)
+    monkeypatch.setitem(common.COMMANDS, "shapes", command_raising(lambda: t5scale.shape("smal")))
+    code, _, err = run(capsys, "shapes")  # t5scale's own message names the culprit: no hint
+    assert code == 2 and "Unknown shape 'smal'" in err and "raised in" not in err
