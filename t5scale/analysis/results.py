@@ -129,15 +129,21 @@ def downstream_scores(run_dir: epath.Path) -> dict[str, float]:
     return scores
 
 
-def sweep_rows(sweep_dir: str) -> list[dict]:
-    """A row per run directory (one with a config.json) under `sweep_dir`, sorted by name."""
+def run_configs(sweep_dir: str) -> list[epath.Path]:
+    """The `config.json` of every run directory under `sweep_dir`, sorted by run name; FileNotFoundError if the
+    folder or its runs are missing."""
     root = epath.Path(sweep_dir)
     if not root.is_dir():
         raise FileNotFoundError(f"Sweep directory {root} does not exist.")
-    rows = [run_row(path.parent) for path in sorted(root.glob("*/config.json"))]
-    if not rows:
+    configs = sorted(root.glob("*/config.json"))
+    if not configs:
         raise FileNotFoundError(f"No runs in {root}: no */config.json (run `t5scale sweep` first).")
-    return rows
+    return configs
+
+
+def sweep_rows(sweep_dir: str) -> list[dict]:
+    """A row per run directory (one with a config.json) under `sweep_dir`, sorted by name."""
+    return [run_row(path.parent) for path in run_configs(sweep_dir)]
 
 
 def all_columns(rows: list[dict]) -> list[str]:
@@ -183,7 +189,7 @@ def write_results(rows: list[dict], sweep_dir: str) -> tuple[epath.Path, epath.P
 def curves(sweep_dir: str) -> dict[str, dict[str, list[float]]]:
     """Validation loss per run against steps, training seconds (compile excluded) and training FLOPs."""
     out = {}
-    for path in sorted(epath.Path(sweep_dir).glob("*/config.json")):
+    for path in run_configs(sweep_dir):
         rows = [r for r in read_jsonl(path.parent / "eval.jsonl") if math.isfinite(r["loss"])]
         if not rows:
             continue

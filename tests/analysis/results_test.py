@@ -74,11 +74,12 @@ def test_curves_and_time_to_loss(tmp_path):
     assert (hit["step"], hit["train_seconds"]) == (20, 4.0) and miss["step"] is None
 
 
-def test_an_empty_or_missing_sweep_dir_is_a_clear_error(tmp_path):
+@pytest.mark.parametrize("read", [results.sweep_rows, results.curves])
+def test_an_empty_or_missing_sweep_dir_is_a_clear_error(tmp_path, read):
     with pytest.raises(FileNotFoundError, match="does not exist"):
-        results.sweep_rows(str(tmp_path / "nope"))
+        read(str(tmp_path / "nope"))
     with pytest.raises(FileNotFoundError, match="No runs in"):
-        results.sweep_rows(str(tmp_path))
+        read(str(tmp_path))
 
 
 def test_training_seconds_of_an_eval_between_logged_windows_come_from_the_window_before():
