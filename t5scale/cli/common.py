@@ -105,8 +105,9 @@ def _parse_binding(binding: str) -> None:
         gin.parse_config(binding)
     except Exception as error:
         message = first_line(error)
-        if "malformed node" in message:
-            message = "the value is not a Python literal (quote strings: --gin.MODEL_SHAPE=\"'small'\")"
+        if "malformed node" in message or "Unable to parse value" in message:
+            value = binding.split("=", 1)[-1].strip()
+            message = f"the value is not a Python literal (quote strings: --gin.{name}=\"'{value}'\")"
         raise UsageError(f"--gin.{binding}: {message}") from None
 
 

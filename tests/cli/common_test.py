@@ -22,6 +22,8 @@ def run(capsys, *argv):
     (["shapes", "smal-el16"], "Unknown shape 'smal-el16'"),
     (["shapes", "--gin_file=models/small.gin", "--gin.ELL=16"], "no gin file defines the macro 'ELL'"),
     (["shapes", "--gin_file=models/small.gin", "--gin.EL=abc"], "--gin.EL=abc: the value is not a Python"),
+    (["train", "--gin_file=models/tiny.gin", "--gin_file=runs/pretrain.gin", "--gin.MODEL_DIR=/tmp/run"],
+     "--gin.MODEL_DIR=/tmp/run: the value is not a Python literal (quote strings: --gin.MODEL_DIR=\"'/tmp/run'\")"),
     (["shapes", "--gin_file=models/small.gin", "--gin.model_config.foo=1"], "have a parameter named 'foo'"),
     (["shapes", "--gin_file=models/nope.gin"], "gin file 'models/nope.gin' not found"),
     (["shapes", "--gin_file=models/small.gin", "--gin.MODEL_SHAPE='base-sh'", "--gin.EL=4"],
