@@ -10,10 +10,11 @@ Writes `output_dir/metrics.json` (per-task metrics, GLUE and SuperGLUE averages)
 (t5scale.compress) evaluates the same way, its weights dequantized to float32, under its source's step.
 
 On several devices or hosts (every host runs the same command, as for training) the parameters are placed on the
-mesh as in training, every global batch is split over the data axis so that each host decodes its share of the
-examples, the outputs are gathered, and process 0 alone computes the metrics and writes the files: the metrics
-equal one process's. The trainer calls `evaluate_model` the same way with its own sharded parameters, every
-`train_config.task_eval_every` steps (t5x's eval period).
+mesh as in training (a t5scale checkpoint is read shard by shard, each host only its own), every global batch is
+split over the data axis so that each host decodes its share of the examples, the outputs are gathered, and
+process 0 alone computes the metrics and writes the files: the metrics equal one process's. The trainer calls
+`evaluate_model` the same way with its own sharded parameters, every `train_config.task_eval_every` steps (t5x's
+eval period).
 """
 
 from __future__ import annotations
@@ -26,7 +27,6 @@ import jax
 import numpy as np
 import seqio
 from etils import epath
-from flax import nnx
 from jax.experimental import multihost_utils
 
 from t5scale.compress.checkpoint import load_any
@@ -34,7 +34,7 @@ from t5scale.data import metrics as metrics_lib
 from t5scale.data.tasks import get_task_or_mixture
 from t5scale.model import decoding
 from t5scale.staging import StagedDir
-from t5scale.train.partitioning import MeshConfig, batch_sharding, make_mesh, param_shardings
+from t5scale.train.partitioning import MeshConfig, batch_sharding, make_mesh
 
 # T5's benchmark scores; each is reported only when every task it averages was evaluated.
 BENCHMARKS = {"glue_average": metrics_lib.GLUE_AVERAGE_TASKS,
@@ -104,29 +104,16 @@ def make_score_fn(model, cfg: EvalConfig, mesh=None) -> Callable:
     return score_fn
 
 
-def place_on_mesh(model, mesh, rules: str) -> None:
-    """Every host holds the whole model (as loaded); put its parameters on the mesh as training places them."""
-    params = nnx.state(model, nnx.Param)
-    shardings = param_shardings(params, mesh, rules)
-    def place(variable, sharding):
-        value = np.asarray(variable.get_value())
-        variable.set_value(jax.make_array_from_callback(value.shape, sharding, lambda index: value[index]))
-
-    jax.tree.map(place, params, shardings, is_leaf=lambda x: isinstance(x, nnx.Variable))
-    nnx.update(model, params)
-
-
 def evaluate(cfg: EvalConfig, mesh_cfg: MeshConfig | None = None) -> dict | None:
     """Metrics of every task of the mixture (or the task) that has `cfg.split` and metrics; see the module doc.
     On more than one device or process the parameters go on the `mesh_cfg` mesh (default: all devices on the data
     axis). Returns the summary on process 0, None on the others."""
     get_task_or_mixture(cfg.mixture_or_task_name)  # registers our tasks; names the known ones if unknown
-    model, checkpoint, step = load_any(cfg.checkpoint_path)
     mesh = None
     if jax.device_count() > 1 or mesh_cfg is not None:
         mesh_cfg = mesh_cfg or MeshConfig()
         mesh = make_mesh(mesh_cfg)
-        place_on_mesh(model, mesh, mesh_cfg.rules)
+    model, checkpoint, step = load_any(cfg.checkpoint_path, mesh=mesh, rules=mesh_cfg.rules if mesh else "t5x")
     return evaluate_model(model, step, cfg, checkpoint=str(checkpoint), mesh=mesh)
 
 

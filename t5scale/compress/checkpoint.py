@@ -80,13 +80,19 @@ def model_from_flat(cfg: ModelConfig, flat: dict[str, np.ndarray]):
     return model
 
 
-def load_any(path: str, **config_changes):
+def load_any(path: str, *, mesh=None, rules: str = "t5x", **config_changes):
     """(T5, checkpoint path, step) from a compressed folder (weights dequantized to float32) or a t5scale checkpoint
-    (`MODEL_DIR/checkpoint_<N>` or a MODEL_DIR: its newest). `config_changes` as in `load_model` (dtype, dropout)."""
+    (`MODEL_DIR/checkpoint_<N>` or a MODEL_DIR: its newest). With a `mesh`, the parameters come back placed on it by
+    the `rules`; a t5scale checkpoint is then read shard by shard, each host only its own. `config_changes` as in
+    `load_model` (dtype, dropout)."""
     from t5scale.train.checkpoints import load_model
+    from t5scale.train.partitioning import place_on_mesh
 
     if is_compressed(path):
         cfg, flat, info = read_compressed(path)
-        return model_from_flat(cfg.replace(**config_changes), flat), epath.Path(path), int(info["step"])
-    model, checkpoint = load_model(path, **config_changes)
+        model = model_from_flat(cfg.replace(**config_changes), flat)
+        if mesh is not None:
+            place_on_mesh(model, mesh, rules)
+        return model, epath.Path(path), int(info["step"])
+    model, checkpoint = load_model(path, mesh=mesh, rules=rules, **config_changes)
     return model, checkpoint, int(checkpoint.name.removeprefix("checkpoint_"))

@@ -399,9 +399,11 @@ def resolve_checkpoint(path: str, name: str = "checkpoint path") -> epath.Path:
     return steps[-1][1]
 
 
-def load_model(path: str, **config_changes):
+def load_model(path: str, *, mesh=None, rules: str = "t5x", **config_changes):
     """The T5 of a checkpoint (or of the newest in a MODEL_DIR), its shape read from the run's config.json.
 
+    With a `mesh`, the parameters come back placed on it by the `rules` (as training places them), and each host
+    reads only its own shards: no host ever holds the whole model. Without one, they are whole on the default device.
     `config_changes` may change what does not alter the parameters (dtype, dropout_rate).
     Returns (model, checkpoint path).
     """
@@ -409,6 +411,7 @@ def load_model(path: str, **config_changes):
 
     from t5scale.config import ModelConfig
     from t5scale.model.t5 import T5
+    from t5scale.train.partitioning import param_shardings
 
     checkpoint = resolve_checkpoint(path)
     config_path = checkpoint.parent / "config.json"
@@ -416,4 +419,11 @@ def load_model(path: str, **config_changes):
         raise FileNotFoundError(f"{config_path} is missing: cannot tell the shape of the model in {checkpoint}.")
     cfg = ModelConfig.from_dict(json.loads(config_path.read_text())["model"]).replace(**config_changes)
     graphdef, abstract_params, rest = nnx.split(nnx.eval_shape(lambda: T5(cfg, rngs=nnx.Rngs(0))), nnx.Param, ...)
+    if mesh is not None:
+        def placed(variable, sharding):
+            value = variable.get_value()
+            variable.set_value(jax.ShapeDtypeStruct(value.shape, value.dtype, sharding=sharding))
+
+        jax.tree.map(placed, abstract_params, param_shardings(abstract_params, mesh, rules),
+                     is_leaf=lambda x: isinstance(x, nnx.Variable))
     return nnx.merge(graphdef, restore_params(str(checkpoint), abstract_params), rest), checkpoint

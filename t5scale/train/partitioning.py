@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 
 import jax
+import numpy as np
 from flax import nnx
 from jax.experimental import mesh_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
@@ -77,6 +78,18 @@ def param_shardings(params: nnx.State, mesh: Mesh, rules: str):
         return NamedSharding(mesh, spec_for(names, variable.get_value().shape, mesh, rules))
 
     return jax.tree.map(sharding, params, is_leaf=lambda x: isinstance(x, nnx.Variable))
+
+
+def place_on_mesh(model: nnx.Module, mesh: Mesh, rules: str) -> None:
+    """Put the parameters of a model held whole on every host onto the mesh, as training places them."""
+    params = nnx.state(model, nnx.Param)
+
+    def place(variable, sharding):
+        value = np.asarray(variable.get_value())
+        variable.set_value(jax.make_array_from_callback(value.shape, sharding, lambda index: value[index]))
+
+    jax.tree.map(place, params, param_shardings(params, mesh, rules), is_leaf=lambda x: isinstance(x, nnx.Variable))
+    nnx.update(model, params)
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:

@@ -198,3 +198,44 @@ def test_torn_masks_fall_back_to_the_previous_checkpoint(tmp_path, caplog, damag
         abstract(stacked_state()), lambda path: None, abstract_masks=abstract(masks_of(stacked_state())))
     assert step == 3 and "checkpoint_4 is torn or corrupted" in caplog.text
     jax.tree.map(np.testing.assert_array_equal, masks, masks_of(stacked_state()))
+
+
+# In a process with 8 fake devices: load_model onto a (data 2, model 4) fsdp mesh; per parameter its placement,
+# the shape of one shard and the float64 sum of the whole, as JSON.
+SHARDED_LOAD = """
+import json, sys, jax, numpy as np
+from flax import nnx
+from t5scale.train.checkpoints import load_model
+from t5scale.train.partitioning import MeshConfig, make_mesh
+model, _ = load_model(sys.argv[1], mesh=make_mesh(MeshConfig(data=2, model=4)), rules="fsdp")
+print(json.dumps({jax.tree_util.keystr(path): [list(value.sharding.spec), list(value.addressable_shards[0].data.shape),
+                                               float(np.asarray(value, np.float64).sum())]
+                  for path, value in jax.tree_util.tree_leaves_with_path(nnx.state(model, nnx.Param))}))
+"""
+
+
+def test_a_model_loaded_onto_a_mesh_is_placed_by_the_rules_with_the_same_values(tmp_path):
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from flax import nnx
+
+    from t5scale.train.checkpoints import load_model
+    from tests.testing import REPO
+    from tests.train.run_training import run
+
+    run(str(tmp_path), 1)
+    process = subprocess.run([sys.executable, "-c", SHARDED_LOAD, str(tmp_path)], cwd=REPO, capture_output=True,
+                             text=True, timeout=300,
+                             env={**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8"})
+    assert process.returncode == 0, process.stderr[-3000:]
+    sharded = json.loads(process.stdout.strip().splitlines()[-1])
+    whole = {jax.tree_util.keystr(path): float(np.asarray(value, np.float64).sum())
+             for path, value in jax.tree_util.tree_leaves_with_path(nnx.state(load_model(str(tmp_path))[0], nnx.Param))}
+    assert {name: total for name, (_, _, total) in sharded.items()} == whole
+    embedding = next(v for name, v in sharded.items() if "token_embedder" in name)
+    assert embedding[:2] == [["model", "data"], [2176 // 4, 32 // 2]]  # [vocab, embed] over (model, data)
+    query = next(v for name, v in sharded.items() if "encoder" in name and "query" in name)
+    assert query[:2] == [[None, "data", "model", None], [2, 32 // 2, 4 // 4, 8]]  # [layers, embed, heads, kv]
