@@ -10,11 +10,11 @@ Writes `output_dir/metrics.json` (per-task metrics, GLUE and SuperGLUE averages)
 (t5scale.compress) evaluates the same way, its weights dequantized to float32, under its source's step.
 
 On several devices or hosts (every host runs the same command, as for training) the parameters are placed on the
-mesh as in training (a t5scale checkpoint is read shard by shard, each host only its own), every global batch is
-split over the data axis so that each host decodes its share of the examples, the outputs are gathered, and
-process 0 alone computes the metrics and writes the files: the metrics equal one process's. The trainer calls
-`evaluate_model` the same way with its own sharded parameters, every `train_config.task_eval_every` steps (t5x's
-eval period).
+mesh as in training (a t5scale checkpoint is read shard by shard, each host the shards its devices hold), every
+global batch is split over the data axis so that each host decodes its share of the examples, the outputs are
+gathered, and process 0 alone computes the metrics and writes the files: the metrics equal one process's. The
+trainer calls `evaluate_model` the same way with its own sharded parameters, every `train_config.task_eval_every`
+steps (t5x's eval period).
 """
 
 from __future__ import annotations

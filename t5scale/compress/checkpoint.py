@@ -83,8 +83,8 @@ def model_from_flat(cfg: ModelConfig, flat: dict[str, np.ndarray]):
 def load_any(path: str, *, mesh=None, rules: str = "t5x", **config_changes):
     """(T5, checkpoint path, step) from a compressed folder (weights dequantized to float32) or a t5scale checkpoint
     (`MODEL_DIR/checkpoint_<N>` or a MODEL_DIR: its newest). With a `mesh`, the parameters come back placed on it by
-    the `rules`; a t5scale checkpoint is then read shard by shard, each host only its own. `config_changes` as in
-    `load_model` (dtype, dropout)."""
+    the `rules`; a t5scale checkpoint is then read shard by shard, each host the shards its devices hold.
+    `config_changes` as in `load_model` (dtype, dropout)."""
     from t5scale.train.checkpoints import load_model
     from t5scale.train.partitioning import place_on_mesh
 

@@ -402,8 +402,9 @@ def resolve_checkpoint(path: str, name: str = "checkpoint path") -> epath.Path:
 def load_model(path: str, *, mesh=None, rules: str = "t5x", **config_changes):
     """The T5 of a checkpoint (or of the newest in a MODEL_DIR), its shape read from the run's config.json.
 
-    With a `mesh`, the parameters come back placed on it by the `rules` (as training places them), and each host
-    reads only its own shards: no host ever holds the whole model. Without one, they are whole on the default device.
+    With a `mesh`, the parameters come back placed on it by the `rules` (as training places them), each host reading
+    only the shards its own devices hold (all of a parameter the rules replicate). Without one, they come back whole,
+    as host (numpy) arrays.
     `config_changes` may change what does not alter the parameters (dtype, dropout_rate).
     Returns (model, checkpoint path).
     """
