@@ -9,8 +9,9 @@ Plain files, so a study can rebuild its table from run directories alone (`t5sca
 A resumed run appends again from its checkpoint's step; readers keep the last entry of each step.
 Step metrics stay on the device until `flush`, so logging does not add a host sync to every step.
 
-Progress: a tqdm bar on a terminal; where stderr is a file or a pipe (a pod's or a SLURM job's log, CI), one plain
-line per logged window instead, since a bar redrawn with carriage returns makes one unreadable line there.
+Progress: a tqdm bar on a terminal or in a Jupyter notebook; where stderr is a file or a pipe (a pod's or a SLURM
+job's log, CI), one plain line per logged window instead, since a bar redrawn with carriage returns makes one
+unreadable line there.
 
 TensorBoard's event files are written by TensorFlow (clu -> tf.summary). For a gs:// MODEL_DIR they are written to a
 local folder and copied into MODEL_DIR with etils.epath (`EventFiles`), at most every `UPLOAD_EVERY_S` seconds and
@@ -140,7 +141,8 @@ class MetricsLogger:
         self.last_loss: float | None = None
         self.last_scalars: dict[str, float] = {}  # of the last logged window: loss, throughput, MFU
         progress_bar = progress_bar and self._main
-        self._lines = progress_bar and not sys.stderr.isatty()  # plain lines where a bar cannot redraw
+        redraws = sys.stderr.isatty() or "ipykernel" in sys.modules  # a terminal, or a Jupyter notebook's output
+        self._lines = progress_bar and not redraws  # plain lines where a bar cannot redraw
         self._total_steps = total_steps
         self._bar = tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True,
                          disable=not progress_bar or self._lines)

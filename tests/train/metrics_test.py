@@ -83,11 +83,16 @@ def test_the_logger_writes_windows_eval_rows_and_run_info(tmp_path):
     assert info["device_count"] >= 1 and info["platform"] == "cpu" and info["versions"]["jax"]
 
 
-@pytest.mark.parametrize("terminal", [False, True])
-def test_progress_is_a_bar_on_a_terminal_and_one_line_per_window_in_a_log(tmp_path, capsys, monkeypatch, terminal):
+@pytest.mark.parametrize("where", ["log", "terminal", "notebook"])
+def test_progress_is_a_bar_on_a_terminal_and_one_line_per_window_in_a_log(tmp_path, capsys, monkeypatch, where):
     import jax.numpy as jnp
 
-    monkeypatch.setattr(sys.stderr, "isatty", lambda: terminal)
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: where == "terminal")
+    if where == "notebook":  # Jupyter's stderr is no terminal, but it redraws a bar
+        monkeypatch.setitem(sys.modules, "ipykernel", object())
+    else:
+        monkeypatch.delitem(sys.modules, "ipykernel", raising=False)
+    terminal = where != "log"
     logger = metrics.MetricsLogger(str(tmp_path), flops_per_step=1.0, learning_rate_fn=lambda step: 0.1,
                                    peak_flops=None, total_steps=4, start_step=0, progress_bar=True)
     for step in (1, 2, 3, 4):
