@@ -22,7 +22,7 @@ from t5scale import storage
 from t5scale.config import ModelConfig
 from t5scale.release import bundle
 from t5scale.release.loaded import LoadedModel
-from t5scale.release.manifest import MANIFEST, parse_manifest, verify_file
+from t5scale.release.manifest import MANIFEST, ChecksumError, parse_manifest, safe_name, verify_file
 
 _CHUNK = 16 << 20
 
@@ -48,16 +48,35 @@ def load(path: str | os.PathLike, *, vocabulary: str | None = None) -> LoadedMod
 def _load_release(folder: epath.Path, vocabulary: str | None) -> LoadedModel:
     text = (folder / MANIFEST).read_text()
     manifest = parse_manifest(text, str(folder))
+    for name in (bundle.CONFIG, bundle.PARAMS):
+        _require_listed(manifest, name, folder)
     local = _local_copy(folder, manifest, hashlib.sha256(text.encode()).hexdigest())
     for name, entry in manifest["files"].items():
         verify_file(local / name, name, entry, str(folder))
     config = json.loads((local / bundle.CONFIG).read_text())
     cfg = ModelConfig.from_dict(config["model"])
     flat = _read_params(local / bundle.PARAMS, compressed=config.get("compression") is not None)
-    vocab = _vocabulary(vocabulary or str(local / config["vocabulary"]["file"]),
-                        config["vocabulary"].get("extra_ids", bundle.T5_EXTRA_IDS))
-    card = (local / bundle.CARD).read_text() if (local / bundle.CARD).exists() else None
+    if vocabulary is None:
+        vocab_name = config["vocabulary"]["file"]
+        if not safe_name(vocab_name):
+            raise ChecksumError(f"{folder}/{bundle.CONFIG} names the vocabulary {vocab_name!r}, which is not a path "
+                                "inside the release; refusing to read it.")
+        _require_listed(manifest, vocab_name, folder)
+        vocabulary = str(local / vocab_name)
+    vocab = _vocabulary(vocabulary, config["vocabulary"].get("extra_ids", bundle.T5_EXTRA_IDS))
+    card = None
+    if bundle.CARD in manifest["files"]:
+        card = (local / bundle.CARD).read_text()
+    elif (folder / bundle.CARD).exists():
+        _require_listed(manifest, bundle.CARD, folder)
     return LoadedModel(_model(cfg, flat), vocab, str(folder), "release", card=card, folder=str(local))
+
+
+def _require_listed(manifest: dict, name: str, folder: epath.Path) -> None:
+    """Every file a release load reads is covered by a hash: one the manifest does not list is refused."""
+    if name not in manifest["files"]:
+        raise ChecksumError(f"{folder}/{name} is not listed in {MANIFEST}, so its bytes cannot be checked; refusing "
+                            "to load it. Re-release it (t5scale release --overwrite).")
 
 
 def _local_copy(folder: epath.Path, manifest: dict, key: str) -> pathlib.Path:

@@ -162,6 +162,61 @@ def test_a_manifest_cannot_point_outside_its_release(released, tmp_path):
         t5scale.load(copy)
 
 
+def _copy_with_manifest(released, tmp_path, edit_manifest=None, edit_config=None):
+    """A copy of the release whose manifest and config.json were edited; config.json's entry is re-hashed so only
+    the edit under test can be what load refuses."""
+    import shutil
+
+    copy = tmp_path / "rel"
+    shutil.copytree(released[0], copy)
+    if edit_config:
+        config = json.loads((copy / "config.json").read_text())
+        edit_config(config)
+        (copy / "config.json").write_text(json.dumps(config))
+    manifest = json.loads((copy / MANIFEST).read_text())
+    manifest["files"]["config.json"] = {"sha256": sha256_of(copy / "config.json"),
+                                        "bytes": (copy / "config.json").stat().st_size}
+    if edit_manifest:
+        edit_manifest(manifest["files"])
+    (copy / MANIFEST).write_text(json.dumps(manifest))
+    return copy
+
+
+@pytest.mark.parametrize("name", ["params.safetensors", "config.json", "sentencepiece.model", "README.md"])
+def test_every_file_load_reads_must_be_listed_with_its_hash(released, tmp_path, name):
+    copy = _copy_with_manifest(released, tmp_path, edit_manifest=lambda files: files.pop(name))
+    if name == "params.safetensors":  # unlisted, it could hold any weights: flip one byte past the header
+        data = bytearray((copy / name).read_bytes())
+        data[-5] ^= 0x01
+        (copy / name).write_bytes(bytes(data))
+    with pytest.raises(ChecksumError, match=f"rel/{name} is not listed in manifest.json"):
+        t5scale.load(copy)
+
+
+@pytest.mark.parametrize("vocab_file", ["/etc/hostname", "../outside.model", "training/../../outside.model"])
+def test_the_vocabulary_a_config_names_must_be_inside_the_release(released, tmp_path, vocab_file):
+    (tmp_path / "outside.model").write_bytes((released[0] / "sentencepiece.model").read_bytes())
+
+    def point_outside(config):
+        config["vocabulary"]["file"] = vocab_file
+
+    copy = _copy_with_manifest(released, tmp_path, edit_config=point_outside)
+    with pytest.raises(ChecksumError, match=f"names the vocabulary '{vocab_file}', which is not a path inside"):
+        t5scale.load(copy)
+
+
+def test_the_vocabulary_a_config_names_must_be_listed(released, tmp_path):
+    import shutil
+
+    def point_to_unlisted(config):
+        config["vocabulary"]["file"] = "training/other.model"
+
+    copy = _copy_with_manifest(released, tmp_path, edit_config=point_to_unlisted)
+    shutil.copy(copy / "sentencepiece.model", copy / "training/other.model")
+    with pytest.raises(ChecksumError, match="rel/training/other.model is not listed in manifest.json"):
+        t5scale.load(copy)
+
+
 def test_load_reads_model_dirs_checkpoints_and_hugging_face_folders(run, released):
     model_dir, model = run
     for path in (model_dir, model_dir / f"checkpoint_{STEP}"):
