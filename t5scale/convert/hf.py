@@ -20,6 +20,9 @@ from t5scale.model.t5 import T5
 
 _ACTIVATIONS = {"relu": Activation.RELU, "gated-gelu": Activation.GATED_GELU}
 _SAFETENSORS, _INDEX = "model.safetensors", "model.safetensors.index.json"
+# Copies of shared.weight some files also hold: each stack's input embedding, and (tied configs) the output layer,
+# which transformers ties to shared.weight on loading whatever the file says.
+_TIED_COPIES = ("encoder.embed_tokens.weight", "decoder.embed_tokens.weight")
 
 
 def config_from_hf(hf: dict, **overrides) -> ModelConfig:
@@ -126,8 +129,14 @@ def from_hf(directory: str | pathlib.Path, **config_overrides) -> T5:
     tensors = _read_tensors(directory)
     if "shared.weight" not in tensors and "encoder.embed_tokens.weight" in tensors:
         tensors["shared.weight"] = tensors["encoder.embed_tokens.weight"]  # older files store the tied copy only
+    rules = _name_map(cfg)
+    copies = {*_TIED_COPIES, "lm_head.weight"} if cfg.tie_embeddings else set(_TIED_COPIES)
+    unused = sorted(set(tensors) - {theirs for _, theirs, _, _ in rules} - copies)
+    if unused:
+        raise ValueError(f"{directory}: {len(unused)} tensors that config.json's shape has no place for, e.g. "
+                         f"{', '.join(map(repr, unused[:3]))}; the checkpoint does not match its config.json.")
     params = {}
-    for ours, theirs, to_ours, _ in _name_map(cfg):
+    for ours, theirs, to_ours, _ in rules:
         if theirs not in tensors:
             raise ValueError(f"{directory}: tensor {theirs!r} is missing; the checkpoint does not match its "
                              "config.json.")

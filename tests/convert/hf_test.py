@@ -85,6 +85,20 @@ def test_missing_checkpoint_pieces_give_clear_errors(tmp_path):
         from_hf(tmp_path)
 
 
+def test_tensors_the_config_has_no_place_for_are_an_error_naming_them(tmp_path):
+    """A config.json with fewer layers than the file (here 1 encoder layer of 2) must not load the first layers
+    and drop the rest."""
+    config = json.loads((HF / "v1_0" / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**config, "num_layers": 1}))
+    shutil.copy(HF / "v1_0" / "model.safetensors", tmp_path / "model.safetensors")
+    with pytest.raises(ValueError) as error:
+        from_hf(tmp_path)
+    message = str(error.value)
+    # encoder.block.1 holds q, k, v, o, wi, wo and two norms
+    assert "8 tensors that config.json's shape has no place for" in message and "\n" not in message
+    assert "'encoder.block.1.layer.0.SelfAttention.k.weight'" in message
+
+
 def test_config_conversion_rejects_what_the_other_side_cannot_express():
     with pytest.raises(ValueError, match="feed_forward_proj='gated-silu'"):
         config_from_hf({"model_type": "t5", "feed_forward_proj": "gated-silu", "num_layers": 1, "d_model": 8,
