@@ -1,0 +1,76 @@
+"""A TensorFlow SavedModel with strings in and strings out, for TF Serving: tensorflow-text's SentencepieceTokenizer
+in the graph around the decode function converted with `jax.experimental.jax2tf`.
+
+jax2tf (in jax itself) rather than orbax-export: with this jax (0.10.2) jax2tf only does native serialization, i.e. it
+embeds the same StableHLO as `jax.export` in one `XlaCallModule` op, and orbax-export 0.0.8's `JaxModule` is a
+wrapper over that same `jax2tf.convert` (plus six more dependencies). A plain `tf.Module` keeps the signature, the
+tokenizer and the variables in view. docs/export.md has the measured details.
+
+The `serving_default` signature takes `inputs`, a string tensor [n] with 1 <= n <= batch texts (padded to the fixed
+batch inside the graph), and returns `outputs`, string [n] (and `scores`, float32 [n], for beam search). A text
+longer than the fixed input length, or more than `batch` texts, fails the request with an error saying so.
+"""
+
+from __future__ import annotations
+
+import pathlib
+from typing import Callable
+
+import numpy as np
+
+from t5scale.export.jax_export import DecodeSettings
+
+SIGNATURE_KEY = "serving_default"
+INPUT_NAME = "inputs"
+OUTPUT_NAME = "outputs"
+
+
+def write_saved_model(decode: Callable, params: dict[str, np.ndarray], settings: DecodeSettings, sp_model: bytes,
+                      vocabulary: dict, folder: pathlib.Path) -> None:
+    import tensorflow as tf
+    import tensorflow_text as tf_text
+    from jax.experimental import jax2tf
+
+    tf_decode = jax2tf.convert(decode, with_gradient=False, native_serialization_platforms=settings.platforms)
+    batch, length = settings.batch, settings.input_length
+    eos_id, unk_id, pieces = vocabulary["eos_id"], vocabulary["unk_id"], vocabulary["pieces"]
+
+    class Server(tf.Module):
+        def __init__(self):
+            super().__init__()
+            # Variables named by their paths, so the checkpoint inside the SavedModel reads like params.safetensors.
+            self.params = {name: tf.Variable(value, trainable=False, name=name.replace("/", "."))
+                           for name, value in params.items()}
+            self.tokenizer = tf_text.SentencepieceTokenizer(model=sp_model)
+
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=INPUT_NAME)], autograph=False)
+        def serve(self, inputs):
+            rows = tf.shape(inputs)[0]
+            ids = self.tokenizer.tokenize(inputs)
+            ids = tf.concat([ids, tf.fill([rows, 1], eos_id)], axis=1)  # as seqio: EOS after each input
+            checks = [
+                tf.debugging.assert_less_equal(rows, batch, message=f"this export decodes batches of up to {batch} "
+                                               "texts; got more"),
+                tf.debugging.assert_greater(rows, 0, message="no inputs"),
+                tf.debugging.assert_less_equal(
+                    tf.reduce_max(ids.row_lengths()), tf.cast(length, tf.int64),
+                    message=f"an input has more tokens (with its EOS) than this export's fixed input_length {length}"),
+            ]
+            with tf.control_dependencies(checks):
+                tokens = ids.to_tensor(default_value=0, shape=[None, length])
+                tokens = tf.ensure_shape(tf.pad(tokens, [[0, batch - rows], [0, 0]]), [batch, length])
+            out = tf_decode(self.params, tokens)
+            # seqio's decode: ids past the vocabulary read as its unknown piece; each row up to its first EOS.
+            generated = out["tokens"][:rows]
+            generated = tf.where(generated >= pieces, unk_id, generated)
+            ends = generated == eos_id
+            lengths = tf.where(tf.reduce_any(ends, axis=1), tf.argmax(tf.cast(ends, tf.int32), axis=1) + 1,
+                               settings.output_length)
+            texts = self.tokenizer.detokenize(tf.RaggedTensor.from_tensor(generated, lengths=lengths))
+            result = {OUTPUT_NAME: texts}
+            if "scores" in out:
+                result["scores"] = out["scores"][:rows]
+            return result
+
+    server = Server()
+    tf.saved_model.save(server, str(folder), signatures={SIGNATURE_KEY: server.serve})
