@@ -136,6 +136,24 @@ def test_a_checkpoint_that_does_not_fit_the_run_stops_it_with_one_line_and_write
 
 
 @pytest.mark.faults
+def test_a_checkpoint_of_another_architecture_with_the_same_arrays_stops_the_run_with_one_line(
+        uninterrupted, tmp_path, monkeypatch):
+    """relative_max_distance changes no array's shape, so the checkpoint's arrays would restore into this run: only
+    the saved config.json can tell that it is another network, and the run must stop rather than go on with it."""
+    import tests.train.run_training as script
+
+    copy_run(uninterrupted[0], tmp_path)
+    monkeypatch.setattr(script, "MODEL", script.MODEL.replace(relative_max_distance=64))
+    before = snapshot(tmp_path)
+    with pytest.raises(IncompatibleCheckpointError) as error:
+        run(str(tmp_path), 10)
+    message = str(error.value)
+    assert "\n" not in message and "holds a run of another architecture" in message
+    assert "'relative_max_distance': (128, 64)" in message and "--gin.train_config.restart_from_scratch=True" in message
+    assert snapshot(tmp_path) == before
+
+
+@pytest.mark.faults
 def test_data_positions_of_another_process_count_restart_the_data_from_the_step_with_a_warning(
         uninterrupted, tmp_path, caplog):
     # checkpoint_4 as if two processes had saved it: their positions cannot be merged into this one process's.
