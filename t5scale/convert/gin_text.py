@@ -23,10 +23,21 @@ class GinText:
             self.bindings[_short_key(key)] = value
 
     def get(self, configurable: str, parameter: str, *, scope: str | None = None, default=None):
-        """The value bound to `[scope/]configurable.parameter` (the scoped binding wins), macros resolved."""
+        """The value bound to `[scope/]configurable.parameter` (the scoped binding wins), macros resolved. Asked
+        without a scope for a name bound only in scopes, the value those scopes agree on: an operative_config.gin
+        that gin wrote binds `encoder/SelfAttention.shared_kv` and `decoder/SelfAttention.shared_kv`, not
+        `SelfAttention.shared_kv`. Scopes that disagree are an error naming them."""
         for key in ([f"{scope}/{configurable}.{parameter}"] if scope else []) + [f"{configurable}.{parameter}"]:
             if key in self.bindings:
                 return self._resolve(self.bindings[key], key)
+        if scope is None:
+            suffix = f"/{configurable}.{parameter}"
+            scoped = {key: self._resolve(value, key) for key, value in self.bindings.items() if key.endswith(suffix)}
+            if len({repr(value) for value in scoped.values()}) > 1:
+                raise ValueError(f"{self.source}: {', '.join(f'{k} = {v!r}' for k, v in sorted(scoped.items()))}; "
+                                 f"t5scale builds one value of {configurable}.{parameter} for every scope.")
+            if scoped:
+                return next(iter(scoped.values()))
         return default
 
     def macro(self, name: str, default=None):

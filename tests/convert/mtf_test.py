@@ -16,6 +16,7 @@ from t5scale.config import ModelConfig, released_shapes
 from t5scale.convert.gin_text import GinText
 from t5scale.convert.mtf import config_from_gin, from_mtf, resolve_config
 from t5scale.model.flops import count_params
+from t5scale.model.layout import flat_params
 from tests.convert.mtf_checkpoints import (
     numpy_forward,
     operative_config,
@@ -69,6 +70,39 @@ def test_live_parity_with_transformers_load_tf_weights_in_t5(gated, tmp_path):
     theirs, _ = transformers_logits(cfg, prefix, x, y)
     model, _ = from_mtf(str(folder))
     np.testing.assert_allclose(forward(model, x, y), theirs, atol=1e-4, rtol=1e-4)
+
+
+MESH_TF_WROTE = {"v1_0_meshtf": dict(tied_kv=False, shared_heads=False), "skv": dict(tied_kv=True, shared_heads=False),
+                 "sh": dict(tied_kv=False, shared_heads=True), "shkv": dict(tied_kv=True, shared_heads=True)}
+
+
+@pytest.mark.parametrize("variant", MESH_TF_WROTE)
+def test_checkpoints_mesh_tensorflow_wrote_import_to_its_own_logits(variant):
+    """Fixtures of scripts/make_meshtf_fixtures.py: Mesh TF 0.1.21 built each variant from gin (t5's bi_v1.gin,
+    bi_v1_shared.gin, SelfAttention.shared_kv), named and saved its variables and wrote operative_config.gin, and
+    computed the logits. So the names, the gin file and the arithmetic all come from Mesh TF, not from t5scale."""
+    from t5scale.data import tf
+
+    folder = MTF / variant
+    model, located = from_mtf(str(folder))
+    assert {k: getattr(model.cfg, k) for k in MESH_TF_WROTE[variant]} == MESH_TF_WROTE[variant]
+    ref = reference(variant)
+    np.testing.assert_allclose(forward(model, ref["encoder_input_tokens"], ref["decoder_input_tokens"]), ref["logits"],
+                               atol=1e-4, rtol=1e-4)
+    reader = tf.train.load_checkpoint(located.prefix)
+    theirs = {name: reader.get_tensor(name) for name in reader.get_variable_to_shape_map()}
+    assert count_params(model.cfg).total == sum(v.size for v in theirs.values())  # every variable, once
+    ours, (n, h, d) = flat_params(model), (model.cfg.num_heads, model.cfg.d_kv, model.cfg.d_model)
+    stack = "decoder" if model.cfg.shared_heads else "encoder"
+    scope = f"{stack}/block_001/{'self_attention' if model.cfg.shared_heads else 'layer_000'}/SelfAttention"
+    if model.cfg.tied_kv:  # one kernel serves as key and value: t5scale holds the key only, Mesh TF's kv
+        assert not any(name.endswith("value/kernel") for name in ours)
+        np.testing.assert_array_equal(ours["encoder/layers/1/attention/key/kernel"] if not model.cfg.shared_heads
+                                      else ours["decoder/layers/1/self_attention/key/kernel"],
+                                      theirs[f"{scope}/kv"].reshape(d, n, h))
+    if model.cfg.shared_heads:  # the encoder has no weights of its own and runs the decoder's
+        assert not any(name.startswith("encoder/") for name in ours)
+        assert not any(name.startswith("encoder/") for name in theirs)
 
 
 VARIANT_CASES = {
@@ -126,6 +160,18 @@ def test_gin_text_reads_bindings_scopes_and_macros_without_executing():
     assert cfg.is_gated and not cfg.tie_embeddings and not cfg.shared_heads and not cfg.tied_kv
     with pytest.raises(ValueError, match="no macro 'nope'"):
         GinText("SelfAttention.num_heads = %nope\n", "x.gin").get("SelfAttention", "num_heads")
+
+
+def test_gin_text_reads_a_name_bound_only_in_scopes_and_refuses_scopes_that_disagree():
+    """gin's operative_config.gin binds what each stack used in its scope (see tests/fixtures/mtf/skv)."""
+    gin = GinText("encoder/SelfAttention.shared_kv = True\ndecoder/SelfAttention.shared_kv = True\n"
+                  "encoder/DenseReluDense.activation = 'relu'\n"
+                  "decoder/DenseReluDense.activation = ['gelu', 'linear']\n", "x.gin")
+    assert gin.get("SelfAttention", "shared_kv") is True
+    assert gin.get("EncDecAttention", "shared_kv", default="unset") == "unset"
+    with pytest.raises(ValueError, match=r"x.gin: decoder/DenseReluDense.activation = \['gelu', 'linear'\], "
+                                         r"encoder/DenseReluDense.activation = 'relu'; t5scale builds one value"):
+        gin.get("DenseReluDense", "activation")
 
 
 def test_release_folder_alone_gives_the_table_shape():
