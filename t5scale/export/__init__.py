@@ -111,7 +111,8 @@ def _write_saved_model(decode, params, settings, sp_model, vocabulary, folder) -
         outputs["scores"] = {"dtype": "float32", "shape": ["n"]}
     return {"signature": saved_model.SIGNATURE_KEY,
             "inputs": {saved_model.INPUT_NAME: {"dtype": "string", "shape": ["n"], "n": f"1..{settings.batch}"}},
-            "outputs": outputs, "tensorflow": tf.__version__, "tensorflow_text": tf_text.__version__}
+            "outputs": outputs, "tensorflow": tf.__version__, "tensorflow_text": tf_text.__version__,
+            "stablehlo_version": saved_model.stablehlo_target()}
 
 
 def _source(loaded, checkpoint: str) -> dict:

@@ -13,6 +13,7 @@ longer than the fixed input length, or more than `batch` texts, fails the reques
 
 from __future__ import annotations
 
+import contextlib
 import pathlib
 from typing import Callable
 
@@ -54,7 +55,7 @@ def write_saved_model(decode: Callable, params: dict[str, np.ndarray], settings:
                 tf.debugging.assert_greater(rows, 0, message="no inputs"),
                 tf.debugging.assert_less_equal(
                     tf.reduce_max(ids.row_lengths()), tf.cast(length, tf.int64),
-                    message=f"an input has more tokens (with its EOS) than this export's fixed input_length {length}"),
+                    message=f"an input has more tokens (with its EOS) than the fixed input_length {length} of this export"),
             ]
             with tf.control_dependencies(checks):
                 tokens = ids.to_tensor(default_value=0, shape=[None, length])
@@ -73,4 +74,36 @@ def write_saved_model(decode: Callable, params: dict[str, np.ndarray], settings:
             return result
 
     server = Server()
-    tf.saved_model.save(server, str(folder), signatures={SIGNATURE_KEY: server.serve})
+    with _stablehlo_for_tensorflow():  # the function is traced (and its StableHLO serialized) here
+        tf.saved_model.save(server, str(folder), signatures={SIGNATURE_KEY: server.serve})
+
+
+def stablehlo_target() -> str:
+    from jax._src.lib.mlir.dialects import hlo
+
+    return hlo.get_version_from_compatibility_requirement(hlo.StablehloCompatibilityRequirement.WEEK_12)
+
+
+@contextlib.contextmanager
+def _stablehlo_for_tensorflow():
+    """Serialize StableHLO for consumers up to 12 weeks older than jax instead of jax.export's 4.
+
+    TensorFlow's XlaCallModule is older than jax: tensorflow 2.21 reads StableHLO up to 1.13.7, jax 0.10.2 writes
+    1.15.0, where beam search's top_k becomes an op 1.13.7 cannot read ("unregistered operation
+    'vhlo.composite_v2'"); written for 1.13.7 (StableHLO's 12-week window) it runs. jax has no public setting for
+    the target version, so this swaps its private serializer while the SavedModel is traced.
+    """
+    from jax._src import xla_bridge
+    from jax._src.export import _export
+    from jax._src.lib import _jax
+
+    def to_bytecode(module) -> bytes:
+        return _jax.mlir.serialize_portable_artifact(module, stablehlo_target(),
+                                                     xla_bridge.get_backend().serialize_with_sdy)
+
+    original = _export._module_to_bytecode
+    _export._module_to_bytecode = to_bytecode
+    try:
+        yield
+    finally:
+        _export._module_to_bytecode = original
