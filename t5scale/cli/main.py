@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import sys
 
-from t5scale.cli import common, compress, convert, demo, evaluate, infer, plan, release, shapes, study, train  # noqa: F401  (each registers its commands)
+from t5scale.cli import common, compress, convert, demo, evaluate, export, infer, plan, release, shapes, study, train  # noqa: F401  (each registers its commands)
 
 # As `t5scale --help` lists them: the data flow.
 ORDER = ("shapes", "plan", "train", "finetune", "eval", "infer", "sweep", "results", "pareto", "curves", "fit",
-         "compress", "release", "convert", "demo")
+         "compress", "release", "export", "convert", "demo")
 DESCRIPTION = ("Train T5 encoder-decoders of any shape, measure which shapes are worth it, ship them compressed. "
                "Gin flags t5x style: --gin_file=models/small.gin (repeatable, later wins), --gin.MACRO=value.")
 
