@@ -1,9 +1,11 @@
-"""Inference with a trained T5: greedy decoding, beam search, and scoring of given targets.
+"""Inference with a trained T5: greedy decoding, sampling, beam search, and scoring of given targets.
 
 Conventions follow t5x (`t5x/decoding.py`) and seqio:
 - The decoder starts from token 0 (T5 uses padding as BOS); the returned tokens leave that start token out, so
   `tokens[:, t]` is the token generated at step t.
 - A row that emits EOS keeps the EOS and gets padding (0) after it; decoding stops once every row has ended.
+- Sampling filters the logits as t5x's `temperature_sample` does (temperature, then top-k, then top-p); each row
+  draws from its own key, fold_in(key(seed), row id), so its tokens do not depend on the batch it is in.
 - Beam search ranks finished hypotheses by log p / ((5 + length) / 6) ** alpha (Wu et al., 2016), length counting
   the EOS.
 
@@ -19,6 +21,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from t5scale.model.t5 import T5, DecodeCache
@@ -68,35 +71,49 @@ def _make_step_fn(model: T5):
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Greedy decoding
+# Greedy decoding and sampling: one token per row per step
 # ----------------------------------------------------------------------------------------------------------------
 
 
-class _GreedyState(NamedTuple):
+class _DecodeState(NamedTuple):
     tokens: jax.Array  # [B, T] int32: the output so far, 0 beyond the current step
     last: jax.Array  # [B] int32: the token fed at the next step (0 = start token)
     ended: jax.Array  # [B] bool: the row has emitted EOS
+    log_likelihood: jax.Array  # [B] float32: sum of log p(token) of the output so far, EOS included
     cache: DecodeCache  # cache.index is the current step
 
 
-@jit_with_model(static_argnums=(2, 3))
-def _greedy_decode(model: T5, encoder_input_tokens: jax.Array, max_decode_len: int, eos_id: int) -> jax.Array:
+def _decode_loop(model: T5, encoder_input_tokens: jax.Array, max_decode_len: int, eos_id: int, choose
+                 ) -> tuple[jax.Array, jax.Array]:
+    """(tokens [B, T], log-likelihoods [B]) of decoding with `choose(logits [B, V], step) -> [B] int32`."""
     batch = encoder_input_tokens.shape[0]
     cache = model.init_cache(model.encode(encoder_input_tokens), encoder_input_tokens, max_decode_len)
     step_fn = _make_step_fn(model)
 
-    def not_done(state: _GreedyState) -> jax.Array:
+    def not_done(state: _DecodeState) -> jax.Array:
         return (state.cache.index < max_decode_len) & ~jnp.all(state.ended)
 
-    def step(state: _GreedyState) -> _GreedyState:
+    def step(state: _DecodeState) -> _DecodeState:
         logits, cache = step_fn(state.last, state.cache)
-        token = jnp.where(state.ended, PAD_ID, jnp.argmax(logits, axis=-1).astype(jnp.int32))
+        token = jnp.where(state.ended, PAD_ID, choose(logits, state.cache.index).astype(jnp.int32))
+        logprob = jnp.take_along_axis(jax.nn.log_softmax(logits), token[:, None], axis=-1)[:, 0]
+        log_likelihood = state.log_likelihood + jnp.where(state.ended, 0.0, logprob)
         tokens = state.tokens.at[:, state.cache.index].set(token)
-        return _GreedyState(tokens, token, state.ended | (token == eos_id), cache)
+        return _DecodeState(tokens, token, state.ended | (token == eos_id), log_likelihood, cache)
 
-    start = _GreedyState(jnp.zeros((batch, max_decode_len), jnp.int32), jnp.full((batch,), PAD_ID, jnp.int32),
-                         jnp.zeros((batch,), bool), cache)
-    return jax.lax.while_loop(not_done, step, start).tokens
+    start = _DecodeState(jnp.zeros((batch, max_decode_len), jnp.int32), jnp.full((batch,), PAD_ID, jnp.int32),
+                         jnp.zeros((batch,), bool), jnp.zeros((batch,), jnp.float32), cache)
+    final = jax.lax.while_loop(not_done, step, start)
+    return final.tokens, final.log_likelihood
+
+
+def _argmax(logits: jax.Array, step: jax.Array) -> jax.Array:
+    return jnp.argmax(logits, axis=-1)
+
+
+@jit_with_model(static_argnums=(2, 3))
+def _greedy_decode(model: T5, encoder_input_tokens: jax.Array, max_decode_len: int, eos_id: int) -> jax.Array:
+    return _decode_loop(model, encoder_input_tokens, max_decode_len, eos_id, _argmax)[0]
 
 
 def greedy_decode(model: T5, encoder_input_tokens: jax.Array, max_decode_len: int, *, eos_id: int = EOS_ID
@@ -104,8 +121,88 @@ def greedy_decode(model: T5, encoder_input_tokens: jax.Array, max_decode_len: in
     """Argmax decoding: encoder tokens [B, S] int (0 = padding) -> int32 [B, T].
 
     Each row is its argmax continuation up to and including its first EOS, then padding 0.
+    `sample(..., temperature=0)` gives the same tokens with their log-likelihoods.
     """
     return _greedy_decode(model, jnp.asarray(encoder_input_tokens, jnp.int32), max_decode_len, eos_id)
+
+
+class _Sampler(NamedTuple):
+    key: jax.Array  # the typed PRNG key of the seed
+    row_ids: jax.Array  # [B] int32
+    temperature: jax.Array  # float32 scalar, > 0
+    top_p: jax.Array  # float32 scalar in (0, 1]; used only when the program was compiled with nucleus=True
+
+
+def check_sampling(temperature: float, top_k: int, top_p: float) -> None:
+    """One ValueError naming the bad argument: temperature >= 0 (0: greedy), top_k >= 0 (0: all tokens),
+    0 < top_p <= 1 (1: all tokens)."""
+    if not 0 <= temperature < float("inf"):  # also refuses NaN
+        raise ValueError(f"temperature must be a finite number >= 0 (0 decodes greedily), got {temperature!r}.")
+    if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 0:
+        raise ValueError(f"top_k must be an integer >= 0 (0 keeps every token), got {top_k!r}.")
+    if not 0 < top_p <= 1:
+        raise ValueError(f"top_p must be in (0, 1] (1 keeps every token), got {top_p!r}.")
+
+
+def sampling_logits(logits: jax.Array, temperature: jax.Array, top_k: int, top_p: jax.Array | None) -> jax.Array:
+    """logits / temperature, then -inf outside the top_k most likely tokens (top_k 0: none cut), then -inf outside
+    the nucleus: the fewest most likely tokens whose probability (of the tempered, top-k-cut distribution) reaches
+    top_p (None: none cut). t5x's order. A token tied with the last one kept is kept too."""
+    logits = logits / temperature
+    if 0 < top_k < logits.shape[-1]:
+        kth = jax.lax.top_k(logits, top_k)[0][..., -1:]
+        logits = jnp.where(logits < kth, -jnp.inf, logits)
+    if top_p is not None:
+        descending = -jnp.sort(-logits, axis=-1)
+        probs = jax.nn.softmax(descending, axis=-1)
+        mass_before = jnp.cumsum(probs, axis=-1) - probs  # of the more likely tokens: 0 for the first
+        kept = jnp.sum(mass_before < top_p, axis=-1, keepdims=True)  # >= 1
+        cutoff = jnp.take_along_axis(descending, kept - 1, axis=-1)
+        logits = jnp.where(logits < cutoff, -jnp.inf, logits)
+    return logits
+
+
+@jit_with_model(static_argnums=(2, 3, 4, 5))
+def _sample(model: T5, encoder_input_tokens: jax.Array, max_decode_len: int, eos_id: int, top_k: int,
+            nucleus: bool, sampler: _Sampler | None) -> tuple[jax.Array, jax.Array]:
+    if sampler is None:  # temperature 0
+        return _decode_loop(model, encoder_input_tokens, max_decode_len, eos_id, _argmax)
+
+    def choose(logits, step):
+        keys = jax.vmap(lambda row: jax.random.fold_in(jax.random.fold_in(sampler.key, row), step))(sampler.row_ids)
+        logits = sampling_logits(logits, sampler.temperature, top_k, sampler.top_p if nucleus else None)
+        return jax.vmap(jax.random.categorical)(keys, logits)
+
+    return _decode_loop(model, encoder_input_tokens, max_decode_len, eos_id, choose)
+
+
+def sample(model: T5, encoder_input_tokens: jax.Array, max_decode_len: int, *, seed: int,
+           row_ids: jax.Array | None = None, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
+           eos_id: int = EOS_ID) -> tuple[jax.Array, jax.Array]:
+    """Ancestral sampling: encoder tokens [B, S] -> (int32 tokens [B, T], float32 log-likelihoods [B]).
+
+    At each step a row draws its token from softmax(logits / temperature) restricted to the top_k most likely
+    tokens (0: all) and then to the top_p nucleus (1: all); see `sampling_logits`. Temperature 0 is greedy
+    decoding, token for token (top_k and top_p then change nothing). Rows end as in `greedy_decode`: EOS kept,
+    padding 0 after it.
+
+    Reproducible per row: row i draws with the key fold_in(fold_in(key(seed), row_ids[i]), step), so a row gives
+    the same tokens whatever batch it is decoded in, as long as it keeps its row id. `row_ids` [B] int (default
+    0..B-1) should be the rows' global indices (in a dataset, over batches and hosts).
+
+    The log-likelihood is of the returned tokens under the untempered, uncut model: the sum of log p(token)
+    through EOS (or over all T tokens when there is none), what `score` gives for them with weight 1 on each.
+    """
+    check_sampling(temperature, top_k, top_p)
+    encoder_input_tokens = jnp.asarray(encoder_input_tokens, jnp.int32)
+    batch = encoder_input_tokens.shape[0]
+    if temperature == 0:
+        return _sample(model, encoder_input_tokens, max_decode_len, eos_id, 0, False, None)
+    row_ids = jnp.arange(batch, dtype=jnp.int32) if row_ids is None else jnp.asarray(row_ids, jnp.int32)
+    if row_ids.shape != (batch,):
+        raise ValueError(f"row_ids must have one id per row, shape ({batch},); got shape {row_ids.shape}.")
+    sampler = _Sampler(jax.random.key(seed), row_ids, jnp.float32(temperature), jnp.float32(top_p))
+    return _sample(model, encoder_input_tokens, max_decode_len, eos_id, int(top_k), top_p < 1, sampler)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -239,13 +336,23 @@ def score(model: T5, encoder_input_tokens: jax.Array, decoder_target_tokens: jax
 
 
 def predict_batch(model: T5, batch: dict, *, beam_size: int = 1, alpha: float = 0.6, eos_id: int = EOS_ID,
-                  max_decode_len: int | None = None) -> jax.Array:
-    """Decode a feature-converted batch: greedy for beam_size 1, else beam search -> int32 [B, T].
+                  max_decode_len: int | None = None, temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
+                  seed: int = 0, row_ids: jax.Array | None = None) -> jax.Array:
+    """Decode a feature-converted batch -> int32 [B, T]: greedy for beam_size 1 and temperature 0, `sample` for a
+    temperature > 0 (with `seed` and the rows' global `row_ids`, default 0..B-1), beam search for beam_size > 1.
 
     T is `max_decode_len`, by default the length of `batch["decoder_target_tokens"]` (as t5x decodes).
     """
     if max_decode_len is None:
         max_decode_len = batch["decoder_target_tokens"].shape[1]
+    check_sampling(temperature, top_k, top_p)
+    if temperature > 0:
+        if beam_size != 1:
+            raise ValueError(f"Beam search does not sample: beam_size must be 1 when temperature > 0, got "
+                             f"beam_size {beam_size} and temperature {temperature}.")
+        tokens, _ = sample(model, batch["encoder_input_tokens"], max_decode_len, seed=seed, row_ids=row_ids,
+                           temperature=temperature, top_k=top_k, top_p=top_p, eos_id=eos_id)
+        return tokens
     if beam_size == 1:
         return greedy_decode(model, batch["encoder_input_tokens"], max_decode_len, eos_id=eos_id)
     tokens, _ = beam_search(model, batch["encoder_input_tokens"], max_decode_len, beam_size=beam_size, alpha=alpha,

@@ -1,4 +1,5 @@
-"""Decoding agrees with references built from the teacher-forced forward pass (no cache, plain numpy)."""
+"""Decoding agrees with references built from the teacher-forced forward pass (no cache, plain numpy); sampling's
+draws follow a softmax computed in numpy (chi-square)."""
 
 import itertools
 
@@ -201,6 +202,12 @@ def test_predict_batch_decodes_as_long_as_the_targets(eos_model):
         "encoder_input_tokens"], T))
     tokens, _ = decoding.beam_search(model, batch["encoder_input_tokens"], T, beam_size=3, alpha=0.5)
     np.testing.assert_array_equal(decoding.predict_batch(model, batch, beam_size=3, alpha=0.5), tokens)
+    tokens, _ = decoding.sample(model, batch["encoder_input_tokens"], T, seed=3, row_ids=[5, 6, 7], temperature=0.8,
+                                top_p=0.9)
+    np.testing.assert_array_equal(decoding.predict_batch(model, batch, temperature=0.8, top_p=0.9, seed=3,
+                                                         row_ids=[5, 6, 7]), tokens)
+    with pytest.raises(ValueError, match="beam_size must be 1 when temperature > 0"):
+        decoding.predict_batch(model, batch, beam_size=3, temperature=0.8)
 
 
 def test_decoding_programs_return_their_result_only_not_the_parameters(v1_1_model):
@@ -211,3 +218,104 @@ def test_decoding_programs_return_their_result_only_not_the_parameters(v1_1_mode
     beam = decoding._beam_search.lower(v1_1_model, x, T, 2, np.float32(0.6), EOS).compile().memory_analysis()
     params = sum(a.nbytes for a in jax.tree.leaves(nnx.state(v1_1_model, nnx.Param)))
     assert beam.output_size_in_bytes < 200 < params  # tokens and scores (96 bytes) and XLA's small change
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Sampling
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def sampling_set_probabilities(logits, temperature, top_k, top_p):
+    """softmax(logits / T) restricted to the top_k most likely tokens, then to the fewest most likely of those
+    whose renormalised probability reaches top_p, renormalised: float64 [V], 0 outside the set."""
+    logits = np.asarray(logits, np.float64) / temperature
+    probs = np.exp(logits - logits.max())
+    order = np.argsort(-probs)
+    if top_k:
+        probs[order[top_k:]] = 0
+    probs /= probs.sum()
+    cumulative = np.cumsum(probs[order])
+    probs[order[np.searchsorted(cumulative, top_p) + 1:]] = 0  # the first token to reach top_p stays
+    return probs / probs.sum()
+
+
+def test_temperature_zero_is_greedy_with_its_log_likelihood(eos_model):
+    model, _, _ = eos_model
+    x = encoder_batch()
+    greedy = np.asarray(decoding.greedy_decode(model, x, T))
+    assert output_lengths(greedy).min() < T  # a row ended early: its log-likelihood stops at EOS
+    tokens, log_likelihood = decoding.sample(model, x, T, seed=0, temperature=0.0, top_k=3, top_p=0.5)
+    np.testing.assert_array_equal(tokens, greedy)
+    np.testing.assert_allclose(log_likelihood, log_likelihoods(model, x, greedy), rtol=1e-4)
+
+
+@pytest.fixture(scope="module")
+def eight_rows_sampled(eos_model):
+    """(model, inputs [8, S] (three draws of each of encoder_batch()'s rows), tokens, log-likelihoods) sampled
+    at temperature 0.7 in the nucleus of 0.9, seed 2, row ids 0..7."""
+    model, _, _ = eos_model
+    x = np.repeat(encoder_batch(), 3, axis=0)[:8]
+    return (model, x, *map(np.asarray, decoding.sample(model, x, T, seed=2, temperature=0.7, top_p=0.9)))
+
+
+def test_sampled_log_likelihood_is_of_the_tokens_under_the_untempered_model(eight_rows_sampled):
+    model, x, tokens, log_likelihood = eight_rows_sampled
+    lengths = output_lengths(tokens)
+    assert lengths.min() < T and len({tuple(row) for row in tokens}) == 8  # rows ended early; draws differ
+    for row, length in zip(tokens, lengths):
+        assert (row[:length - 1] != EOS).all() and not row[length:].any(), row
+    np.testing.assert_allclose(log_likelihood, log_likelihoods(model, x, tokens), rtol=1e-4)
+
+
+@pytest.mark.parametrize("temperature, top_k, top_p", [(0.6, 0, 1.0), (1.3, 8, 1.0), (1.0, 0, 0.5),
+                                                       (2.0, 12, 0.6)])
+def test_first_tokens_over_many_rows_follow_the_restricted_softmax(v1_1_model, temperature, top_k, top_p):
+    """4000 rows of one input, each its own row id: the first tokens' counts against softmax(logits / T) cut to the
+    top-k / top-p set, from the teacher-forced logits at the start token (chi-square, bins of < 5 expected pooled)."""
+    from scipy import stats
+
+    rows = 4000
+    x = encoder_batch()[:1]
+    logits = np.asarray(forward(v1_1_model, x, np.zeros((1, 1), np.int32)))[0, 0]
+    expected = rows * sampling_set_probabilities(logits, temperature, top_k, top_p)
+    tokens, _ = decoding.sample(v1_1_model, np.repeat(x, rows, axis=0), 1, seed=1234, temperature=temperature,
+                                top_k=top_k, top_p=top_p)
+    counts = np.bincount(np.asarray(tokens)[:, 0], minlength=len(logits))
+    in_set = expected > 0
+    assert counts[~in_set].sum() == 0, np.flatnonzero(counts * ~in_set)  # never a token outside the set
+    assert 3 < in_set.sum() < len(logits) or (top_k, top_p) == (0, 1.0)  # a cut that leaves a choice
+    big = in_set & (expected >= 5)
+    observed, wanted = list(counts[big]), list(expected[big])
+    if (in_set & ~big).any():
+        observed.append(counts[in_set & ~big].sum())
+        wanted.append(expected[in_set & ~big].sum())
+    assert len(observed) > 3
+    assert stats.chisquare(observed, wanted).pvalue > 0.001
+
+
+def test_a_row_samples_the_same_tokens_in_any_batch_with_its_row_id(eight_rows_sampled):
+    model, x, tokens, log_likelihood = eight_rows_sampled
+    draw = lambda x, **kwargs: tuple(map(np.asarray, decoding.sample(model, x, T, temperature=0.7, top_p=0.9,
+                                                                     **{"seed": 2, **kwargs})))
+    alone, alone_ll = draw(x[3:4], row_ids=[3])
+    np.testing.assert_array_equal(alone[0], tokens[3])
+    np.testing.assert_allclose(alone_ll[0], log_likelihood[3], rtol=1e-5)
+    ids = np.array([6, 3, 0, 7])
+    np.testing.assert_array_equal(draw(x[ids], row_ids=ids)[0], tokens[ids])
+    # The row id and the seed decide the draws: another id, or another seed, draws other tokens.
+    assert not np.array_equal(draw(x[3:4], row_ids=[4])[0][0], tokens[3])
+    assert (draw(x, seed=3)[0] != tokens).any(axis=1).all()
+
+
+@pytest.mark.parametrize("kwargs, culprit", [(dict(temperature=-0.5), "temperature"),
+                                             (dict(temperature=float("nan")), "temperature"),
+                                             (dict(top_k=-1), "top_k"), (dict(top_k=2.5), "top_k"),
+                                             (dict(top_p=0.0), "top_p"), (dict(top_p=1.5), "top_p"),
+                                             (dict(row_ids=[0, 1]), "row_ids")])
+def test_bad_sampling_settings_are_one_error_naming_the_argument(v1_1_model, kwargs, culprit):
+    with pytest.raises(ValueError, match=f"^{culprit} must"):
+        decoding.sample(v1_1_model, encoder_batch(), T, seed=0, **kwargs)
+    if culprit != "row_ids":
+        batch = {"encoder_input_tokens": encoder_batch(), "decoder_target_tokens": np.zeros((B, T), np.int32)}
+        with pytest.raises(ValueError, match=f"^{culprit} must"):
+            decoding.predict_batch(v1_1_model, batch, **kwargs)
