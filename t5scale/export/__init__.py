@@ -129,7 +129,8 @@ def _is_export_file(name: str) -> bool:
 
 def _check_destination(target: epath.Path, overwrite: bool) -> list[str]:
     """The files already at `target`, after refusing one that must not be written to."""
-    names = sorted(str(p.relative_to(target)) for p in target.rglob("*") if p.is_file()) if target.exists() else []
+    names = sorted(str((folder / name).relative_to(target)) for folder, _, files in target.walk() for name in files
+                   ) if target.exists() else []
     if MANIFEST in names and not overwrite:
         raise ExportExistsError(f"{target} already holds an export; pass --overwrite to replace it.")
     foreign = [name for name in names if not _is_export_file(name)]

@@ -41,8 +41,8 @@ class DecodeSettings:
                 raise ValueError(f"export: {name} must be a positive integer, got {value!r}.")
         unknown = [p for p in self.platforms if p not in PLATFORMS]
         if unknown or not self.platforms:
-            raise ValueError(f"export: platforms must be some of {', '.join(PLATFORMS)}; got "
-                             f"{', '.join(self.platforms) or 'none'}.")
+            raise ValueError(f"export: platforms must be some of {', '.join(PLATFORMS)}; "
+                             f"{', '.join(unknown) + ' is not' if unknown else 'none given'}.")
 
     @property
     def method(self) -> str:
