@@ -6,20 +6,24 @@ uninterrupted run writes, byte for byte."""
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
 import time
 
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 import tensorflow_datasets as tfds
+from flax import nnx
 
 import t5scale
 from t5scale.cli.main import main as cli_main
 from t5scale.infer.run import InferConfig, infer
 from t5scale.model import decoding
-from tests.release.runs import TEXTS, make_model_dir
+from t5scale.model.layout import flat_params, load_flat_params
+from tests.release.runs import STEP, TEXTS, make_model_dir
 from tests.testing import REPO, forward
 
 LENGTHS = {"inputs": 32, "targets": 8}
@@ -27,8 +31,20 @@ LENGTHS = {"inputs": 32, "targets": 8}
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
+    """make_model_dir's random model, its EOS embedding set to that of the token it decodes most often for the
+    tests' texts: so that some rows end (with EOS) before the length limit and the others do not."""
     folder = tmp_path_factory.mktemp("infer") / "run"
-    make_model_dir(str(folder))
+    model = make_model_dir(str(folder))
+    loaded = t5scale.load(str(folder))
+    texts = [f"{text} ({i})" for i, text in enumerate(TEXTS * 5)]
+    tokens = np.asarray(decoding.greedy_decode(model, loaded._padded(loaded.tokenize(texts, 32), 16), 8))
+    flat = flat_params(model)
+    embedding = flat["token_embedder/embedding"] = np.array(flat["token_embedder/embedding"])
+    embedding[decoding.EOS_ID] = embedding[np.bincount(tokens.ravel()).argmax()]
+    load_flat_params(model, flat)
+    shutil.rmtree(folder / f"checkpoint_{STEP}")
+    with ocp.StandardCheckpointer() as checkpointer:
+        checkpointer.save(folder / f"checkpoint_{STEP}" / "state", {"params": nnx.state(model, nnx.Param)})
     return folder
 
 
@@ -72,6 +88,8 @@ def test_jsonl_predictions_are_greedy_decoding_and_their_log_likelihoods_the_mod
     assert [r["prediction"] for r in rows] == loaded.generate(texts, max_length=8, max_input_length=32)
     inputs = loaded._padded(loaded.tokenize(texts, 32), len(texts))
     tokens = np.asarray(decoding.greedy_decode(loaded.nnx_model, inputs, 8))
+    ended = (tokens == decoding.EOS_ID).any(axis=1)
+    assert 0 < ended.sum() < len(texts)  # rows that end before the limit, and rows that do not
     want = model_log_likelihoods(loaded.nnx_model, inputs, tokens)
     np.testing.assert_allclose([r["log_likelihood"] for r in rows], want, rtol=1e-4)
     assert summary["rows"] == 15 and summary["tokens"] == int(sum(
@@ -127,21 +145,23 @@ def test_a_rerun_skips_finished_shards_and_redoes_a_missing_one_identically(mode
     assert {p.name: p.read_bytes() for p in (tmp_path / "out").glob("predictions-*")} == files
 
 
-KILL_ROWS, KILL_SHARDS = 120, 60  # one batch of 2 per shard: a kill lands between, or during, shard writes
+KILL_ROWS, KILL_SHARDS = 64, 8  # two batches of 4 per shard: a kill lands within a shard, between two, or in a write
 
 
 def test_sigkill_at_a_random_moment_then_rerun_gives_the_uninterrupted_files(model_dir, tmp_path):
-    """The CLI in a subprocess is killed (SIGKILL) a random time after its first shard appears; a rerun finishes."""
+    """The CLI in a subprocess is killed (SIGKILL) at a random moment after a random number of its shards appeared
+    (the compiled programs come from the persistent cache the in-process run filled); a rerun finishes the job."""
     (tmp_path / "in.txt").write_text("".join(f"{TEXTS[i % 3]} {i}\n" for i in range(KILL_ROWS)))
-    argv = ["infer", "--checkpoint", str(model_dir), "--input_file", str(tmp_path / "in.txt"), "--batch_size", "2",
+    argv = ["infer", "--checkpoint", str(model_dir), "--input_file", str(tmp_path / "in.txt"), "--batch_size", "4",
             "--shards", str(KILL_SHARDS), "--gin.TASK_FEATURE_LENGTHS={'inputs': 32, 'targets': 8}"]
     assert cli_main([*argv, "--output_dir", str(tmp_path / "whole")]) == 0
-    killed = tmp_path / "killed"
+    killed, rng = tmp_path / "killed", random.Random(os.getpid())
+    after = rng.randint(1, KILL_SHARDS - 2)
     process = subprocess.Popen([sys.executable, "-m", "t5scale", *argv, "--output_dir", str(killed)], cwd=REPO,
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    while not list(killed.glob("predictions-*")) and process.poll() is None:
-        time.sleep(0.005)
-    time.sleep(random.Random(os.getpid()).uniform(0, 0.3))
+    while len(list(killed.glob("predictions-*"))) < after and process.poll() is None:
+        time.sleep(0.001)
+    time.sleep(rng.uniform(0, 0.05))
     process.send_signal(signal.SIGKILL)
     _, stderr = process.communicate()
     written = len(list(killed.glob("predictions-*")))
