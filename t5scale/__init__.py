@@ -15,6 +15,10 @@ import os
 # credentials: the same layer in tests and in production. Set EPATH_USE_TF=true to go back to tf.io.gfile.
 os.environ.setdefault("EPATH_USE_TF", "false")
 
+from t5scale import platforms  # noqa: E402
+
+platforms.leave_out_absent_tpu()
+
 from flax import nnx  # noqa: E402
 
 from t5scale import convert  # noqa: E402

@@ -24,7 +24,8 @@ def test_a_shape_that_cannot_fit_says_so(capsys):
     assert labels == ["parameters (exact)", "optimizer state (exact)", "batch (exact)",
                       "temporaries (XLA CPU estimate)", "other outputs (metrics)", "total (estimate)"]
     assert "all-gather" in out and lines[-1].startswith("HBM 1.00 MiB per device (1MiB): does NOT fit")
-    assert err == f"t5scale: {SHAPE} does not fit 1MiB per device at batch 8 on this mesh.\n"
+    assert err == (f"compiling {SHAPE} for 8 CPU device(s) ...\n"
+                   f"t5scale: {SHAPE} does not fit 1MiB per device at batch 8 on this mesh.\n")
 
 
 @pytest.mark.parametrize("flags, message", [
@@ -43,3 +44,54 @@ def test_bad_flags_are_one_line(capsys, flags, message):
 def test_an_unknown_shape_is_one_line(capsys):
     code, _, err = run(capsys, "plan", "smal", "--mesh", "data=1")
     assert code == 2 and err.startswith("t5scale: error: ") and "smal" in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--topology", "v4-12"], "--topology 'v4-12': no such slice; v4-N with N in 8, 16, 32"),
+    (["--topology", "v7x-8"], "--topology 'v7x-8': unknown TPU generation 'v7x'"),
+    (["--topology", "v4:2x2"], "--topology 'v4:2x2': a v4 topology has 3 positive dimensions"),
+    (["--topology", "v4-8", "--mesh", "data=8"], "--mesh data=8,model=1 is 8 devices; the slice has 4."),
+    (["--slices", "2"], "--slices needs --topology."),
+    (["--beam", "4"], "--beam needs --mode decode."),
+])
+def test_bad_topology_flags_are_one_line(capsys, flags, message):
+    code, out, err = run(capsys, "plan", SHAPE, *flags)
+    assert code == 2 and out == "" and message in err and err.count("\n") == 1
+
+
+def test_without_libtpu_a_slice_is_planned_on_cpu_devices_and_says_how_to_get_the_tpu_numbers(capsys, monkeypatch):
+    from t5scale.train import plan as plan_lib
+
+    monkeypatch.setattr(plan_lib, "libtpu_missing", lambda: "libtpu is not installed")
+    code, out, err = run(capsys, "plan", SHAPE, "--topology", "v5litepod-4", "--batch", "8", "--lengths", "32/8")
+    assert code == 0
+    assert err.splitlines()[0] == ("t5scale plan: libtpu is not installed: temporaries below are XLA's CPU estimate "
+                                   'for 4 fake devices; pip install "t5scale[tpu]" (libtpu, x86-64 Linux) gives '
+                                   "the TPU compiler's own numbers.")
+    assert "temporaries (XLA CPU estimate)" in out and "(4 devices)" in out.splitlines()[0]
+    assert "HBM 16.00 GiB per device (v5litepod-4, TPU v5 lite): fits" in out
+
+
+@pytest.mark.slow
+@pytest.mark.tpu
+def test_a_shape_that_cannot_fit_a_slice_says_so_from_the_tpu_compiler(capsys):
+    # One layer per stack, but 4096 x 262144 MLPs: 4.3G float32 parameters, more than a v5e chip's 16 GiB.
+    big = "tiny-nl1-dm4096-ff262144-nh2"
+    code, out, err = run(capsys, "plan", big, "--topology", "v5litepod-1", "--batch", "1", "--lengths", "8/8")
+    assert code == 1, out + err
+    assert "v5litepod-1: topology v5e:1x1, 1 chips, 1 host(s), TPU v5 lite; compiled by libtpu" in out
+    assert ("libtpu refused the program: RESOURCE_EXHAUSTED" in out or "total (TPU compiler)" in out)
+    assert "does NOT fit" in out
+    assert err.splitlines()[-1] == f"t5scale: {big} does not fit v5litepod-1 per device at batch 1 on this mesh."
+
+
+@pytest.mark.slow
+@pytest.mark.tpu
+def test_a_slice_plan_prints_the_tpu_compilers_numbers(capsys):
+    code, out, _ = run(capsys, "plan", SHAPE, "--topology", "v4-8", "--batch", "8", "--lengths", "32/8")
+    assert code == 0
+    for label in ("arguments (TPU compiler, tiled)", "temporaries (TPU compiler)", "generated code (TPU compiler)",
+                  "total (TPU compiler)"):
+        assert label in out
+    assert "v4-8: topology v4:2x2x1, 4 chips, 1 host(s), TPU v4; compiled by libtpu" in out
+    assert "HBM 32.00 GiB per device (v4-8, TPU v4): fits" in out

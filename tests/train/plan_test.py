@@ -4,6 +4,9 @@ One planning process (8 fake CPU devices) serves every test of the module: the t
 mesh, and on one device.
 """
 
+import math
+
+import numpy as np
 import pytest
 
 from t5scale.model.flops import count_params
@@ -98,3 +101,139 @@ def test_collectives_in_a_loop_count_once_per_iteration():
     assert (gather.count, gather.buffer_bytes, gather.sent_bytes) == (3, 3 * 1024, 3 * 1024 * 3 / 4)
     assert (reduce.count, reduce.buffer_bytes, reduce.sent_bytes) == (1, 64, 2 * 64 / 2)
     assert (scatter.count, scatter.buffer_bytes, scatter.sent_bytes) == (1, 64, 64 * 7 / 8)
+
+
+# --- exact bytes re-derived by hand: the T5 v1.0 parameters with their logical axes, the rules as the docs state
+# them (t5x: vocab, heads, mlp over model; fsdp: also embed over data), an axis split only when it divides, and
+# optax's Adafactor factoring (a parameter's two largest dims, both >= 128: a row and a column statistic) ---------
+
+# DM 128 and FF 256 make Adafactor factor the MLP kernels and the embedding; heads and vocab split two ways.
+FCFG = tiny_config(num_encoder_layers=1, num_decoder_layers=2, d_model=128, d_kv=16, num_heads=4, d_ff=256,
+                   vocab_size=256)
+RULES = {"t5x": {"vocab": "model", "heads": "model", "mlp": "model", "joined_kv": "model"}}
+RULES["fsdp"] = {**RULES["t5x"], "embed": "data"}
+
+
+def t5_params(cfg) -> list[tuple[tuple[int, ...], tuple[str, ...]]]:
+    d, h, k, f = cfg.d_model, cfg.num_heads, cfg.d_kv, cfg.d_ff
+
+    def attention(n):
+        return [((n, d, h, k), ("layers", "embed", "heads", "kv"))] * 3 + [((n, h, k, d), ("layers", "heads", "kv",
+                                                                                           "embed"))]
+
+    def stack(n, attentions, norms):
+        return (attention(n) * attentions + [((n, d, f), ("layers", "embed", "mlp")),
+                                             ((n, f, d), ("layers", "mlp", "embed"))]
+                + [((n, d), ("layers", "embed"))] * norms + [((d,), ("embed",)),
+                                                             ((h, cfg.relative_buckets), ("heads", "relpos_buckets"))])
+
+    return ([((cfg.vocab_size, d), ("vocab", "embed"))] + stack(cfg.num_encoder_layers, 1, 2)
+            + stack(cfg.num_decoder_layers, 2, 3))
+
+
+def held(shape, axes, rules, mesh) -> int:
+    """Elements of an array one device holds."""
+    n, used = math.prod(shape), set()
+    for size, name in zip(shape, axes):
+        axis = RULES[rules].get(name)
+        if axis and axis not in used and size % mesh[axis] == 0:
+            n, used = n // mesh[axis], used | {axis}
+    return n
+
+
+def adafactor_statistics(shape, axes):
+    """optax.adafactor(min_dim_size_to_factor=128)'s second-moment arrays of one parameter, placeholders included."""
+    one = ((1,), (None,))
+    if len(shape) < 2 or sorted(shape)[-2] < 128:
+        return [(shape, axes), one, one]
+    *_, second, largest = np.argsort(shape, kind="stable")
+
+    def without(i):
+        return tuple(s for j, s in enumerate(shape) if j != i), tuple(a for j, a in enumerate(axes) if j != i)
+
+    return [without(largest), without(second), one]
+
+
+def expected_bytes(cfg, rules, mesh, single_opt_state):
+    params = t5_params(cfg)
+    statistics = [s for shape, axes in params for s in adafactor_statistics(shape, axes)]
+    # Scalars (step counts) are what the one-device state holds besides the statistics: replicated everywhere.
+    scalars = single_opt_state - 4 * sum(math.prod(shape) for shape, _ in statistics)
+    return (4 * sum(held(shape, axes, rules, mesh) for shape, axes in params),
+            4 * sum(held(shape, axes, rules, mesh) for shape, axes in statistics) + scalars)
+
+
+def test_the_hand_written_parameters_are_the_models():
+    assert sum(math.prod(shape) for shape, _ in t5_params(FCFG)) == count_params(FCFG).total
+    assert sum(math.prod(shape) for shape, _ in t5_params(CFG)) == count_params(CFG).total
+
+
+@pytest.fixture(scope="module")
+def factored_plans():
+    model_axis, single = plan_in_subprocess([
+        PlanRequest(FCFG, MeshConfig(data=2, model=2, rules="t5x"), BATCH, INPUTS, TARGETS),
+        PlanRequest(FCFG, MeshConfig(data=1), BATCH, INPUTS, TARGETS)])
+    return model_axis, single
+
+
+def test_exact_bytes_on_the_model_axis_under_t5x_rules(factored_plans):
+    model_axis, single = factored_plans
+    params, opt_state = expected_bytes(FCFG, "t5x", {"data": 2, "model": 2}, single["bytes_per_device"]["opt_state"])
+    assert model_axis["bytes_per_device"]["params"] == params
+    assert model_axis["bytes_per_device"]["opt_state"] == opt_state
+    assert model_axis["bytes_per_device"]["batch"] == BATCH * (3 * INPUTS + 5 * TARGETS) * 4 // 2
+
+
+# --- libtpu's compiler, for TPU slices (marker `tpu`, in `make test-slow`: each compile takes tens of seconds) ---
+
+def _tpu_plans(requests):
+    from t5scale.train.plan import libtpu_missing
+
+    if libtpu_missing() and "x86-64 Linux only" in libtpu_missing():
+        pytest.skip(libtpu_missing())
+    assert libtpu_missing() is None, "make test installs libtpu (the [test] extra) on x86-64 Linux"
+    return plan_in_subprocess(requests)
+
+
+@pytest.fixture(scope="module")
+def tpu_plans():
+    cases = [("v4-8", "t5x", 2), ("v4-8", "fsdp", 1), ("v5litepod-4", "t5x", 2), ("v5litepod-4", "fsdp", 1)]
+    plans = _tpu_plans([PlanRequest(FCFG, MeshConfig(model=model, rules=rules), BATCH, INPUTS, TARGETS,
+                                    topology=topology) for topology, rules, model in cases])
+    return dict(zip(cases, plans))
+
+
+@pytest.mark.slow
+@pytest.mark.tpu
+def test_tpu_slices_hold_the_exact_bytes_the_rules_say(tpu_plans, factored_plans):
+    single_opt_state = factored_plans[1]["bytes_per_device"]["opt_state"]
+    for (topology, rules, model), plan in tpu_plans.items():
+        assert plan["compiler"] == "tpu" and plan["devices"] == 4, (topology, plan)
+        mesh = {"data": 4 // model, "model": model}
+        params, opt_state = expected_bytes(FCFG, rules, mesh, single_opt_state)
+        assert (plan["bytes_per_device"]["params"], plan["bytes_per_device"]["opt_state"]) == (params, opt_state), \
+            (topology, rules)
+        # libtpu lays arrays out in tiles: what it takes as arguments is at least the state and batch we counted.
+        assert plan["xla_memory_analysis"]["argument"] >= params + opt_state
+        assert plan["slice"]["hosts"] == 1 and plan["slice"]["chips"] == 4
+
+
+@pytest.mark.slow
+@pytest.mark.tpu
+def test_a_multi_slice_topology_compiles_the_step_with_the_data_axis_over_dcn():
+    [plan] = _tpu_plans([PlanRequest(CFG, MeshConfig(), BATCH * 2, INPUTS, TARGETS, topology="v5litepod-4",
+                                     num_slices=2)])
+    assert plan["mesh"] == {"data": 8, "model": 1, "rules": "t5x", "dcn_data": 2}
+    assert plan["slice"]["hosts"] == 2 and plan["slice"]["chips"] == 8
+    assert plan["collectives"]["all-reduce"]["count"] > 0  # the gradients, summed over all 8 data shards
+
+
+@pytest.mark.slow
+@pytest.mark.tpu
+def test_decoding_plans_on_a_slice():
+    greedy, beam = _tpu_plans([PlanRequest(CFG, MeshConfig(), 8, INPUTS, TARGETS, topology="v5litepod-4",
+                                           mode="decode", beam_size=beam) for beam in (1, 4)])
+    assert greedy["bytes_per_device"]["opt_state"] == 0 == beam["bytes_per_device"]["opt_state"]
+    assert greedy["bytes_per_device"]["params"] == count_params(CFG).total * 4  # t5x rules, model=1: replicated
+    # Four beams keep four self-attention caches: the beam search's temporaries are the larger.
+    assert beam["bytes_per_device"]["temporaries_estimate"] > greedy["bytes_per_device"]["temporaries_estimate"]
