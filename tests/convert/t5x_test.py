@@ -1,6 +1,7 @@
-"""t5x import: a t5x-layout tree written in both formats (msgpack + tensorstore, orbax) from a random t5scale model
-through this test's own table of t5x names, read back into the same parameters and logits; one clear line for each
-kind of bad input.
+"""t5x import: checkpoints t5x's own code wrote (scripts/make_t5x_fixtures.py: t5x's T5 network and Checkpointer)
+reproduce t5x's logits; the t5x-layout trees this test writes in both formats (msgpack + tensorstore, orbax), whose
+names and shapes are checked against those t5x wrote, read back into the same parameters and logits; one clear line
+for each kind of bad input.
 
 Shapes (tiny_config): EL 2, DL 3, DM 24, KV 5, NH 4 (NH*KV 20 != DM), FF 36, vocab 64.
 """
@@ -12,11 +13,12 @@ import pytest
 from flax import serialization
 
 from t5scale.config import shape
-from t5scale.convert.t5x import from_t5x
+from t5scale.convert.t5x import from_t5x, read_target
 from t5scale.model.layout import flat_params
-from tests.testing import forward, random_model, random_tokens, tiny_config
+from tests.testing import FIXTURES, forward, random_model, random_tokens, tiny_config
 
 STEP = 1000
+T5X = FIXTURES / "t5x"
 
 
 def t5x_target(model) -> dict:
@@ -78,6 +80,30 @@ def write_orbax(checkpoint, target: dict) -> None:
     with ocp.PyTreeCheckpointer() as checkpointer:
         checkpointer.save(checkpoint, {"target": target, "state": {"step": np.int64(STEP)}})
     jax.effects_barrier()
+
+
+@pytest.mark.parametrize("variant", ["v1_0", "v1_1"])
+def test_checkpoints_t5x_wrote_import_to_its_networks_logits(variant):
+    model, checkpoint, step = from_t5x(str(T5X / variant))
+    assert (checkpoint.name, step) == ("checkpoint_0", 0)
+    assert model.cfg.is_gated == (variant == "v1_1") and model.cfg.tie_embeddings == (variant == "v1_0")
+    assert model.cfg.num_encoder_layers != model.cfg.num_decoder_layers and model.cfg.attention_dim != model.cfg.d_model
+    ref = dict(np.load(T5X / variant / "reference.npz"))
+    np.testing.assert_allclose(forward(model, ref["encoder_input_tokens"], ref["decoder_input_tokens"]), ref["logits"],
+                               atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("variant", ["v1_0", "v1_1"])
+def test_the_trees_this_test_writes_have_the_names_and_shapes_t5x_writes(variant):
+    written_by_t5x = read_target(T5X / variant / "checkpoint_0")
+    model, _, _ = from_t5x(str(T5X / variant))
+
+    def flat(tree, prefix=""):
+        for key, value in tree.items():
+            yield from flat(value, f"{prefix}{key}/") if isinstance(value, dict) else [(f"{prefix}{key}", value)]
+
+    ours = {name: np.shape(value) for name, value in flat(t5x_target(model))}
+    assert ours == {name: np.shape(value) for name, value in written_by_t5x.items()}
 
 
 @pytest.fixture(scope="module")
