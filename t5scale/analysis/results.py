@@ -2,11 +2,12 @@
 
 Per run (an ordinary MODEL_DIR) it reads: `config.json` (shape, lengths, batch), `train_end.json` (steps, what
 ended it, training and compile seconds), `metrics.jsonl` (training loss per step), `eval.jsonl` (validation
-loss), `throughput.jsonl` (step time and tokens/s per logged window, compile excluded), `run_info.json` (devices,
-versions), `task_eval.jsonl` (task metrics every `task_eval_every` steps of a fine-tuning run) and any eval
-`metrics.json` below it (downstream scores: the best per metric, with the step it came from, as T5 and the paper
-report the best validation score over fine-tuning checkpoints). A step logged twice (a resume reruns the steps
-after its checkpoint) counts once, with its last entry.
+loss, and the training seconds spent to reach it), `throughput.jsonl` (step time and tokens/s per logged window,
+compile excluded; a run still going or killed has no train_end.json and takes its seconds from here),
+`run_info.json` (devices, versions), `task_eval.jsonl` (task metrics every `task_eval_every` steps of a
+fine-tuning run) and any eval `metrics.json` below it (downstream scores: the best per metric, with the step it
+came from, as T5 and the paper report the best validation score over fine-tuning checkpoints). A step logged twice
+(a resume reruns the steps after its checkpoint) counts once, with its last entry.
 
 Quality: validation cross-entropy per target token in nats; negative log-perplexity = -loss (higher is better).
 """
@@ -82,23 +83,18 @@ def run_row(run_dir: epath.Path) -> dict:
 
 
 def window_timing(windows: list[dict]) -> dict:
-    """Step time (median over windows), tokens/s and training seconds from `throughput.jsonl`'s windows, compile
-    excluded: a window that compiled the step counts its steps at the median step time, and the rest of it is
-    compile time."""
-    steady = [w for w in windows if w["steps"] > 0 and not w.get("compile")]
+    """Step time (median over windows), tokens/s, and the training and compile seconds so far (the last window's)
+    from `throughput.jsonl`. The first window after each start also ran the newly compiled step for the first
+    time: it joins the median and tokens/s only when there is no other."""
+    timed = [w for w in windows if w["steps"] > 0]
+    steady = [w for w in timed if not w.get("after_start")] or timed
     if not steady:
         return {"step_time_s": None, "target_tokens_per_s": None, "train_seconds": None, "compile_seconds": None,
                 "cumulative": {}}
-    step_time = statistics.median(w["seconds"] / w["steps"] for w in steady)
-    cumulative, total, compile_seconds = {}, 0.0, 0.0
-    for w in windows:
-        seconds = w["steps"] * step_time if w.get("compile") else w["seconds"]
-        compile_seconds += max(w["seconds"] - seconds, 0.0)
-        total += seconds
-        cumulative[w["step"]] = total
-    return {"step_time_s": step_time,
+    return {"step_time_s": statistics.median(w["seconds"] / w["steps"] for w in steady),
             "target_tokens_per_s": sum(w["target_tokens"] for w in steady) / sum(w["seconds"] for w in steady),
-            "train_seconds": total, "compile_seconds": compile_seconds, "cumulative": cumulative}
+            "train_seconds": windows[-1].get("train_seconds"), "compile_seconds": windows[-1].get("compile_seconds"),
+            "cumulative": {w["step"]: w["train_seconds"] for w in windows if "train_seconds" in w}}
 
 
 def seconds_at(cumulative: dict[int, float], step: int) -> float | None:

@@ -2,9 +2,11 @@
 
 Plain files, so a study can rebuild its table from run directories alone (`t5scale.analysis.results`):
 - `metrics.jsonl`: every step's training metrics;
-- `throughput.jsonl`: per logged window, its steps, seconds and target tokens (evaluation and checkpoint time
-  excluded; the first window after a start also compiled the step, and says so: `"compile": true`);
-- `eval.jsonl`: validation loss and accuracy;
+- `throughput.jsonl`: per logged window, its steps, seconds and target tokens, and the run's training and compile
+  seconds so far (over all starts). Training seconds are the trainer's clock: evaluation, checkpoints and compiling
+  the train step excluded. The first window after a start ran the newly compiled step for the first time (and
+  waited for the input pipeline to start), and says so: `"after_start": true`;
+- `eval.jsonl`: validation loss and accuracy, and the training seconds spent to reach them;
 - `run_info.json`: devices, process count, library versions and the git commit, for provenance.
 A resumed run appends again from its checkpoint's step; readers keep the last entry of each step.
 Step metrics stay on the device until `flush`, so logging does not add a host sync to every step.
@@ -20,6 +22,7 @@ at close: a killed run loses at most that much of its TensorBoard curves (the js
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import json
 import logging
@@ -125,19 +128,61 @@ class EventFiles:
             pass  # logged by StagedDir.close, which keeps the local files
 
 
+class TrainingClock:
+    """Training seconds over all starts of a run: runs from `resume` (the first step) while the loop trains, paused
+    while it evaluates, checkpoints, writes its logs or compiles the train step (which `compile_seconds` counts)."""
+
+    def __init__(self, train_seconds: float = 0.0, compile_seconds: float = 0.0):
+        self.start_seconds = train_seconds  # of the earlier starts, as the checkpoint resumed from recorded them
+        self._banked, self.compile_seconds = train_seconds, compile_seconds
+        self._since: float | None = None  # when it last resumed; None while paused
+
+    @property
+    def train_seconds(self) -> float:
+        return self._banked + (time.perf_counter() - self._since if self._since is not None else 0.0)
+
+    def resume(self) -> None:
+        if self._since is None:
+            self._since = time.perf_counter()
+
+    def pause(self) -> None:
+        self._banked, self._since = self.train_seconds, None
+
+    @contextlib.contextmanager
+    def paused(self):
+        running = self._since is not None
+        self.pause()
+        try:
+            yield
+        finally:
+            if running:
+                self.resume()
+
+    @contextlib.contextmanager
+    def compiling(self):
+        tic = time.perf_counter()
+        with self.paused():
+            yield
+        self.compile_seconds += time.perf_counter() - tic
+
+
 class MetricsLogger:
     def __init__(self, model_dir: str, *, flops_per_step: float, learning_rate_fn, peak_flops: float | None,
-                 total_steps: int, start_step: int, progress_bar: bool):
+                 total_steps: int, start_step: int, progress_bar: bool, clock: TrainingClock | None = None):
         self._main = jax.process_index() == 0
         self._writer = EventFiles(model_dir) if self._main else metric_writers.create_default_writer(
             just_logging=True, asynchronous=False)
         self._dir = epath.Path(model_dir)
         self._jsonl = self._dir / "metrics.jsonl"
-        self._compiling = True  # the first window after a start includes compiling the step
+        self._after_start = True
         self._flops_per_step, self._lr_fn, self._peak = flops_per_step, learning_rate_fn, peak_flops
         self._pending: list[tuple[int, dict]] = []  # on the device
         self._fetched: list[tuple[int, dict]] = []  # on the host, checked finite, not yet written
-        self._last_time, self._last_step = time.perf_counter(), start_step
+        if clock is None:  # timed from now
+            clock = TrainingClock()
+            clock.resume()
+        self._clock = clock
+        self._last_seconds, self._last_step = self._clock.start_seconds, start_step  # the end of the last window
         self.last_loss: float | None = None
         self.last_scalars: dict[str, float] = {}  # of the last logged window: loss, throughput, MFU
         progress_bar = progress_bar and self._main
@@ -163,14 +208,19 @@ class MetricsLogger:
         return fetched
 
     def flush(self, step: int) -> None:
-        self.check_finite()
+        """Log the steps recorded since the last window as one window, timed by the clock once they are done."""
+        self.check_finite()  # waits for the steps
         fetched, self._fetched = self._fetched, []
         if not fetched:
             return
-        now = time.perf_counter()
+        train_seconds = self._clock.train_seconds
+        with self._clock.paused():  # writing the logs is not training either
+            self._write_window(step, fetched, train_seconds)
+
+    def _write_window(self, step: int, fetched: list[tuple[int, dict]], train_seconds: float) -> None:
         steps = step - self._last_step
-        seconds = max(now - self._last_time, 1e-9)
-        self._last_time, self._last_step = now, step
+        seconds = max(train_seconds - self._last_seconds, 1e-9)
+        self._last_seconds, self._last_step = train_seconds, step
         mean = {k: float(np.mean([m[k] for _, m in fetched])) for k in fetched[0][1]}
         tokens = sum(m["tokens"] for _, m in fetched)
         flops_per_s = self._flops_per_step * steps / seconds
@@ -183,9 +233,10 @@ class MetricsLogger:
         if self._main:
             append_lines(self._jsonl, [{"step": s, **m} for s, m in fetched])
             window = {"step": step, "steps": steps, "seconds": seconds, "target_tokens": tokens,
-                      **({"compile": True} if self._compiling else {})}
+                      "train_seconds": train_seconds, "compile_seconds": self._clock.compile_seconds,
+                      **({"after_start": True} if self._after_start else {})}
             self._append("throughput.jsonl", window)
-        self._compiling = False
+        self._after_start = False
         progress = {"loss": f"{mean['loss']:.3f}", "acc": f"{mean['accuracy']:.3f}",
                     "tok_s": f"{tokens / seconds:,.0f}", **({"mfu": f"{scalars['mfu']:.1%}"} if self._peak else {})}
         if self._lines:
@@ -194,15 +245,11 @@ class MetricsLogger:
         self._bar.update(step - self._bar.n)
         self._bar.set_postfix(progress)
 
-    def reset_timer(self, step: int) -> None:
-        """Exclude time spent outside training steps (evaluation, checkpointing) from throughput."""
-        self.flush(step)
-        self._last_time = time.perf_counter()
-
     def write_eval(self, step: int, values: dict) -> None:
+        """Validation metrics at `step`; eval.jsonl also gets the training seconds it took to get there."""
         self._writer.write_scalars(step, {f"eval/{k}": v for k, v in values.items()})
         if self._main:
-            self._append("eval.jsonl", {"step": step, **values})
+            self._append("eval.jsonl", {"step": step, **values, "train_seconds": self._clock.train_seconds})
         self._bar.write(f"step {step}: validation loss {values['loss']:.4f}, accuracy {values['accuracy']:.4f}")
 
     def write_task_eval(self, step: int, summary: dict | None) -> None:

@@ -22,7 +22,6 @@ import json
 import logging
 import os
 import signal
-import time
 from typing import Any, Callable
 
 import jax
@@ -67,7 +66,7 @@ class TrainConfig:
     model_dir: str
     train_steps: int
     flop_budget: float | None = None  # stop once this many training FLOPs are spent (FLOP counter)
-    time_budget_s: float | None = None  # stop after this much training wall-clock time, over all restarts
+    time_budget_s: float | None = None  # stop after this many training seconds (as TrainResult), over all restarts
     save_every: int = 1000
     keep_checkpoints: int | None = 3
     keep_every: int | None = None  # also keep every checkpoint whose step is a multiple of this, for good
@@ -108,7 +107,10 @@ class TrainResult:
     mfu: float | None = None
     mfu_peak: str = ""  # where the peak behind the MFU comes from
     start_step: int = 0  # the checkpoint step this run resumed from (0: a fresh start)
-    train_seconds: float | None = None  # training wall-clock over all starts (evaluation and checkpoints too)
+    # Over all starts: seconds of training (metrics.TrainingClock: compiling, evaluating, checkpointing and writing
+    # logs excluded), and of compiling the train step (once per start).
+    train_seconds: float | None = None
+    compile_seconds: float | None = None
 
 
 class _Sigterm:
@@ -308,7 +310,6 @@ def train(*, model_cfg: ModelConfig, data_cfg: DataConfig, optim_cfg: OptimConfi
         raise
     _write_run_config(model_dir, configs, gin_config)
     metrics_lib.write_run_info(str(model_dir))
-    train_seconds = record.get("train_seconds", 0.0) if record else 0.0
 
     masks_sharding = None if masks is None else _shardings(masks)
     train_step = jax.jit(make_train_step(graphdef, tx, z_loss=train_cfg.z_loss,
@@ -323,19 +324,21 @@ def train(*, model_cfg: ModelConfig, data_cfg: DataConfig, optim_cfg: OptimConfi
         model_cfg, data_cfg.task_feature_lengths["inputs"], data_cfg.task_feature_lengths["targets"]).total
     peak, peak_source = metrics_lib.peak_flops(train_cfg.peak_flops_per_device)
     logging.info("Peak for MFU: %s FLOP/s (%s).", f"{peak:.3g}" if peak else "none", peak_source)
+    record = record or {}
+    clock = metrics_lib.TrainingClock(record.get("train_seconds", 0.0), record.get("compile_seconds", 0.0))
     logger = metrics_lib.MetricsLogger(
         str(model_dir), flops_per_step=flops_per_step, learning_rate_fn=make_learning_rate_fn(optim_cfg),
         peak_flops=peak, total_steps=train_cfg.train_steps,
-        start_step=start_step, progress_bar=train_cfg.progress_bar)
+        start_step=start_step, progress_bar=train_cfg.progress_bar, clock=clock)
 
     def save(step: int) -> None:
         logger.check_finite()  # never commit a state reached through a NaN loss
-        checkpointer.save(step, state, {"step": step, "train_seconds": train_seconds}, batches.save, masks=masks)
+        checkpointer.save(step, state, {"step": step, "train_seconds": clock.train_seconds,
+                                        "compile_seconds": clock.compile_seconds}, batches.save, masks=masks)
 
     def task_eval(step: int) -> None:
         summary = task_evaluator(nnx.merge(graphdef, state.params), step, mesh)
         logger.write_task_eval(step, summary)
-        logger.reset_timer(step)
         task_evaluated.add(step)
 
     task_evaluated: set[int] = set()
@@ -350,33 +353,42 @@ def train(*, model_cfg: ModelConfig, data_cfg: DataConfig, optim_cfg: OptimConfi
                 ended_by = "flop_budget"  # a function of the step: every host reaches it at the same one
                 break
             local = ("sigterm" if sigterm.received else "time_budget" if train_cfg.time_budget_s is not None and
-                     train_seconds >= train_cfg.time_budget_s else None)
+                     clock.train_seconds >= train_cfg.time_budget_s else None)
             if (stop := _stop_together(local)) is not None:
                 ended_by = stop
                 break
             profiler.maybe_start(step, state)
-            tic = time.perf_counter()
+            clock.resume()  # from the first step on; paused below for compiling, evaluating and checkpointing
             if prune_now is not None and train_cfg.pruning.updates_masks_at(step):
                 with jax.set_mesh(mesh):
                     state, masks = prune_now(state, masks, step)
+            batch = _global_batch(next(batches), data_sharding)
             with jax.set_mesh(mesh):  # not `with mesh:`: the model's activation constraints read this one
-                state, step_metrics = train_step(state, _global_batch(next(batches), data_sharding), masks)
+                if step == start_step:  # compiled apart, timed, left out of training (the call finds it compiled)
+                    with clock.compiling():
+                        train_step.lower(state, batch, masks).compile()
+                state, step_metrics = train_step(state, batch, masks)
             step += 1
             profiler.maybe_stop(step, state)
             logger.record(step, step_metrics)
-            if step % train_cfg.log_every == 0:
-                logger.flush(step)  # syncs with the device: the step time below then covers real work
-            train_seconds += time.perf_counter() - tic
-            if train_cfg.eval_every and step % train_cfg.eval_every == 0:
-                logger.write_eval(step, _evaluate(eval_step, state.params, data_cfg, train_cfg, data_sharding, mesh))
-                logger.reset_timer(step)
-            if train_cfg.task_eval_every and step % train_cfg.task_eval_every == 0:
-                task_eval(step)
-            if step % train_cfg.save_every == 0:
-                save(step)
-                logger.reset_timer(step)
+            evaluate_now = bool(train_cfg.eval_every) and step % train_cfg.eval_every == 0
+            task_evaluate_now = bool(train_cfg.task_eval_every) and step % train_cfg.task_eval_every == 0
+            save_now = step % train_cfg.save_every == 0
+            pause = evaluate_now or task_evaluate_now or save_now
+            if step % train_cfg.log_every == 0 or pause:
+                logger.flush(step)  # waits for the steps: the window (and the clock) ends before a pause
+            if pause:
+                with clock.paused():
+                    if evaluate_now:
+                        logger.write_eval(step, _evaluate(eval_step, state.params, data_cfg, train_cfg,
+                                                          data_sharding, mesh))
+                    if task_evaluate_now:
+                        task_eval(step)
+                    if save_now:
+                        save(step)
         profiler.maybe_stop(step, state, force=True)  # the run ended inside the traced steps
         logger.flush(step)
+        clock.pause()
         if step not in checkpointer.steps():
             save(step)
         if train_cfg.task_eval_every and step not in task_evaluated and step > start_step and ended_by != "sigterm":
@@ -385,7 +397,8 @@ def train(*, model_cfg: ModelConfig, data_cfg: DataConfig, optim_cfg: OptimConfi
     except metrics_lib.NonFiniteLossError:
         # Recorded, so that a sweep counts the run as diverged instead of retrying it forever.
         _write_train_end(model_dir, TrainResult(step=step, ended_by="nan", last_loss=None, model_dir=str(model_dir),
-                                                start_step=start_step, train_seconds=train_seconds))
+                                                start_step=start_step, train_seconds=clock.train_seconds,
+                                                compile_seconds=clock.compile_seconds))
         raise
     finally:
         sigterm.restore()
@@ -394,7 +407,7 @@ def train(*, model_cfg: ModelConfig, data_cfg: DataConfig, optim_cfg: OptimConfi
     result = TrainResult(step=step, ended_by=ended_by, last_loss=logger.last_loss, model_dir=str(model_dir),
                          target_tokens_per_s=logger.last_scalars.get("target_tokens_per_s"),
                          mfu=logger.last_scalars.get("mfu"), mfu_peak=peak_source, start_step=start_step,
-                         train_seconds=train_seconds)
+                         train_seconds=clock.train_seconds, compile_seconds=clock.compile_seconds)
     _write_train_end(model_dir, result)
     return result
 

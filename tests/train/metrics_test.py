@@ -1,6 +1,7 @@
-"""The metrics logger's plain files: windows with the compiling one flagged, validation rows, run info, and JSON
-lines appended without losing earlier ones, locally and on gs:// (an emulator); TensorBoard files copied to a
-gs:// MODEL_DIR while the run goes on, not only at its end; progress as a bar on a terminal, as lines in a log."""
+"""The metrics logger's plain files: windows timed by the training clock (which stops for pauses and compiles),
+validation rows, run info, and JSON lines appended without losing earlier ones, locally and on gs:// (an
+emulator); TensorBoard files copied to a gs:// MODEL_DIR while the run goes on, not only at its end; progress as a
+bar on a terminal, as lines in a log."""
 
 import json
 import sys
@@ -62,25 +63,57 @@ def test_tensorboard_files_reach_a_gcs_model_dir_during_the_run_and_roll_over(tm
                                                                                      "run/throughput.jsonl"]
 
 
-def test_the_logger_writes_windows_eval_rows_and_run_info(tmp_path):
+def test_the_logger_writes_windows_timed_by_the_training_clock_eval_rows_and_run_info(tmp_path, monkeypatch):
     import jax.numpy as jnp
 
+    now = [100.0]
+    monkeypatch.setattr(metrics.time, "perf_counter", lambda: now[0])
+    clock = metrics.TrainingClock(train_seconds=7.0, compile_seconds=2.5)  # resumed, 7 s in
+    clock.resume()
     logger = metrics.MetricsLogger(str(tmp_path), flops_per_step=1.0, learning_rate_fn=lambda step: 0.1,
-                                   peak_flops=None, total_steps=4, start_step=0, progress_bar=False)
-    for step in (1, 2, 3, 4):
+                                   peak_flops=None, total_steps=4, start_step=0, progress_bar=False, clock=clock)
+    for step, seconds in ((1, 0.5), (2, 0.5), (3, 0.25), (4, 0.25)):
         logger.record(step, {"loss": jnp.float32(2.0), "accuracy": jnp.float32(0.5), "tokens": jnp.float32(10)})
+        now[0] += seconds
         if step % 2 == 0:
             logger.flush(step)
-    logger.write_eval(4, {"loss": 1.5, "accuracy": 0.6})
+    with clock.paused():
+        now[0] += 60.0  # evaluating
+        logger.write_eval(4, {"loss": 1.5, "accuracy": 0.6})
     logger.close()
     metrics.write_run_info(str(tmp_path))
-    windows = [json.loads(line) for line in (tmp_path / "throughput.jsonl").open()]
-    assert [(w["step"], w["steps"], w["target_tokens"], w.get("compile")) for w in windows] == \
-        [(2, 2, 20.0, True), (4, 2, 20.0, None)]
-    assert [json.loads(line) for line in (tmp_path / "eval.jsonl").open()] == [{"step": 4, "loss": 1.5,
-                                                                                "accuracy": 0.6}]
+    assert [json.loads(line) for line in (tmp_path / "throughput.jsonl").open()] == [
+        {"step": 2, "steps": 2, "seconds": 1.0, "target_tokens": 20.0, "train_seconds": 8.0, "compile_seconds": 2.5,
+         "after_start": True},
+        {"step": 4, "steps": 2, "seconds": 0.5, "target_tokens": 20.0, "train_seconds": 8.5, "compile_seconds": 2.5}]
+    assert logger.last_scalars["step_time_s"] == 0.25 and logger.last_scalars["target_tokens_per_s"] == 40.0
+    assert [json.loads(line) for line in (tmp_path / "eval.jsonl").open()] == [
+        {"step": 4, "loss": 1.5, "accuracy": 0.6, "train_seconds": 8.5}]
     info = json.loads((tmp_path / "run_info.json").read_text())
     assert info["device_count"] >= 1 and info["platform"] == "cpu" and info["versions"]["jax"]
+
+
+def test_the_training_clock_stops_for_pauses_and_counts_compiles_apart(monkeypatch):
+    now = [100.0]
+    monkeypatch.setattr(metrics.time, "perf_counter", lambda: now[0])
+    clock = metrics.TrainingClock(train_seconds=10.0, compile_seconds=1.0)  # resumed
+    now[0] += 9.0  # setting up: the clock starts with the first step
+    clock.resume()
+    now[0] += 2.0  # training
+    with clock.compiling():
+        now[0] += 30.0
+    now[0] += 1.0
+    with clock.paused():  # an evaluation or a checkpoint, which writes logs (a pause within a pause)
+        now[0] += 5.0
+        with clock.paused():
+            now[0] += 1.0
+        now[0] += 1.0
+        assert clock.train_seconds == 13.0
+    now[0] += 0.5
+    assert (clock.train_seconds, clock.compile_seconds, clock.start_seconds) == (13.5, 31.0, 10.0)
+    clock.pause()
+    now[0] += 4.0
+    assert clock.train_seconds == 13.5
 
 
 @pytest.mark.parametrize("where", ["log", "terminal", "notebook"])
