@@ -17,7 +17,8 @@ FLAGS = {"checkpoint": "checkpoint_path", "output_dir": "output_dir", "task": "m
          "tfds_name": "tfds_name", "input_file": "input_file", "split": "split", "input_field": "input_field",
          "id_field": "id_field", "target_field": "target_field", "num_examples": "num_examples", "mode": "mode",
          "batch_size": "batch_size", "beam_size": "beam_size", "shards": "shards",
-         "rows_per_shard": "rows_per_shard", "vocabulary": "vocabulary", "narrow": "narrow"}
+         "rows_per_shard": "rows_per_shard", "vocabulary": "vocabulary", "narrow": "narrow",
+         "temperature": "temperature", "top_k": "top_k", "top_p": "top_p", "seed": "seed"}
 
 
 def _arguments(parser) -> None:
@@ -37,6 +38,10 @@ def _arguments(parser) -> None:
     parser.add_argument("--mode", choices=("predict", "score"), help="predict (default) or score given targets")
     parser.add_argument("--batch_size", type=int, help="global batch (or --gin.BATCH_SIZE; default 32)")
     parser.add_argument("--beam_size", type=int, help="1: greedy (default)")
+    parser.add_argument("--temperature", type=float, help="> 0: sample instead of greedy decoding (default 0)")
+    parser.add_argument("--top_k", type=int, help="sample among the k most likely tokens (default 0: all)")
+    parser.add_argument("--top_p", type=float, help="sample within the nucleus of probability p (default 1: all)")
+    parser.add_argument("--seed", type=int, help="sampling seed; a row draws from it and its index (default 0)")
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--shards", type=int, help="this many output shards")
     group.add_argument("--rows_per_shard", type=int, help="rows per output shard (default 4096)")

@@ -22,8 +22,12 @@ from t5scale.train.partitioning import batch_sharding
 @dataclasses.dataclass(frozen=True)
 class Decoding:
     max_length: int  # target tokens per row
-    beam_size: int = 1  # 1: greedy
+    beam_size: int = 1  # 1: greedy, or sampling with a temperature > 0
     alpha: float = 0.6  # beam search brevity penalty
+    temperature: float = 0.0  # 0: greedy
+    top_k: int = 0  # 0: every token
+    top_p: float = 1.0  # 1: every token
+    seed: int = 0  # with each row's global index, what a sampled row draws from
 
 
 def padded(rows: Sequence[Sequence[int]], batch_size: int, max_length: int) -> np.ndarray:
@@ -44,14 +48,15 @@ def through_first_eos(tokens: jax.Array) -> jax.Array:
 
 
 def predict(model, batch: dict, settings: Decoding) -> tuple[jax.Array, jax.Array]:
-    """(tokens [B, T], log p(tokens | inputs) [B]) of the decoded batch; the log-likelihood is of the tokens through
-    the first EOS, under the model (not the beam's length-normalised score)."""
+    """(tokens [B, T], log p(tokens | inputs) [B]) of the decoded batch: greedy, sampled (each row from the seed
+    and its `batch["row_ids"]`) or beam search. The log-likelihood is of the tokens through the first EOS, under
+    the untempered model (for beam search, not the beam's length-normalised score)."""
     inputs = batch["encoder_input_tokens"]
     if settings.beam_size == 1:
-        tokens = decoding.greedy_decode(model, inputs, settings.max_length)
-    else:
-        tokens, _ = decoding.beam_search(model, inputs, settings.max_length, beam_size=settings.beam_size,
-                                         alpha=settings.alpha)
+        return decoding.sample(model, inputs, settings.max_length, seed=settings.seed, row_ids=batch["row_ids"],
+                               temperature=settings.temperature, top_k=settings.top_k, top_p=settings.top_p)
+    tokens, _ = decoding.beam_search(model, inputs, settings.max_length, beam_size=settings.beam_size,
+                                     alpha=settings.alpha)
     return tokens, decoding.score(model, inputs, tokens, through_first_eos(tokens))
 
 

@@ -50,8 +50,12 @@ class InferConfig:
         default_factory=lambda: {"inputs": 512, "targets": 64})  # longer inputs are cut (EOS kept)
     batch_size: int = 32
     mode: str = "predict"
-    beam_size: int = 1  # 1: greedy decoding
+    beam_size: int = 1  # 1: greedy decoding (or sampling)
     alpha: float = 0.6
+    temperature: float = 0.0  # > 0: sample (decoding.sample); each row reproducible from the seed and its index
+    top_k: int = 0
+    top_p: float = 1.0
+    seed: int = 0
     rows_per_shard: int | None = 4096
     shards: int | None = None  # this many shards instead of rows_per_shard
     vocabulary: str | None = None  # a sentencepiece model, instead of the checkpoint's
@@ -69,6 +73,7 @@ class InferConfig:
             raise ValueError("--mode score needs --target_field: the field of each input's target text.")
         if self.batch_size < 1 or self.beam_size < 1:
             raise ValueError("batch_size and beam_size must be positive.")
+        decoding.check_sampling(self.temperature, self.top_k, self.top_p, self.beam_size)
         if not {"inputs", "targets"} <= set(self.task_feature_lengths or {}):
             raise ValueError(f"TASK_FEATURE_LENGTHS needs 'inputs' and 'targets' lengths, got "
                              f"{self.task_feature_lengths}.")
@@ -152,7 +157,8 @@ class _Text:
 def _compute(model, cfg: InferConfig):
     if cfg.mode == "score":
         return lambda batch: batch_lib.score(model, batch)
-    settings = batch_lib.Decoding(cfg.task_feature_lengths["targets"], cfg.beam_size, cfg.alpha)
+    settings = batch_lib.Decoding(cfg.task_feature_lengths["targets"], cfg.beam_size, cfg.alpha, cfg.temperature,
+                                  cfg.top_k, cfg.top_p, cfg.seed)
     return lambda batch: batch_lib.predict(model, batch, settings)
 
 
@@ -168,7 +174,9 @@ def _run_batch(compute, chunk: list, cfg: InferConfig, text: _Text, mesh, progre
         progress.update(len(chunk), sum(map(len, targets)))
         return [_row(index, ex, target=ex.target, log_likelihood=float(ll))
                 for (index, ex), ll in zip(chunk, log_likelihoods)]
-    tokens, log_likelihoods = batch_lib.on_hosts(compute, batch, mesh)
+    row_ids = np.zeros(cfg.batch_size, np.int32)  # the global index: a sampled row draws the same anywhere
+    row_ids[:len(chunk)] = [index for index, _ in chunk]
+    tokens, log_likelihoods = batch_lib.on_hosts(compute, {**batch, "row_ids": row_ids}, mesh)
     weights = np.asarray(batch_lib.through_first_eos(tokens))
     progress.update(len(chunk), int(weights[:len(chunk)].sum()))
     return [_row(index, ex, prediction=text.text(row), log_likelihood=float(ll))

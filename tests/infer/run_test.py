@@ -103,6 +103,24 @@ def test_beam_search_predictions_equal_loads_beam_search(model_dir, loaded, tmp_
         TEXTS, max_length=8, beam_size=3, max_input_length=32)
 
 
+def test_sampled_rows_depend_on_the_seed_and_their_index_not_on_the_batch(model_dir, loaded, tmp_path):
+    texts = [f"{text} ({i})" for i, text in enumerate(TEXTS * 3)]
+    (tmp_path / "in.txt").write_text("\n".join(texts) + "\n")
+    sampling = dict(input_file=str(tmp_path / "in.txt"), temperature=1.0, top_k=50, seed=3)
+    run(model_dir, tmp_path / "four", **sampling)
+    infer(InferConfig(str(model_dir), str(tmp_path / "two"), task_feature_lengths=LENGTHS, batch_size=2, **sampling))
+    four, two = rows_of(tmp_path / "four"), rows_of(tmp_path / "two")
+    assert [r["prediction"] for r in four] == [r["prediction"] for r in two]  # the same text; the sums
+    # round differently in programs of other shapes:
+    np.testing.assert_allclose([r["log_likelihood"] for r in four], [r["log_likelihood"] for r in two], rtol=1e-5)
+    inputs = loaded._padded(loaded.tokenize(texts, 32), len(texts))  # all rows in one batch, ids = their index
+    tokens, log_likelihoods = decoding.sample(loaded.nnx_model, inputs, 8, seed=3, row_ids=np.arange(len(texts)),
+                                              temperature=1.0, top_k=50)
+    assert [r["prediction"] for r in four] == [loaded.detokenize(row) for row in np.asarray(tokens)]
+    np.testing.assert_allclose([r["log_likelihood"] for r in four], log_likelihoods, rtol=1e-4)
+    assert [r["prediction"] for r in four] != loaded.generate(texts, max_length=8, max_input_length=32)
+
+
 def test_a_tasks_split_is_decoded_in_order(model_dir, loaded, tmp_path):
     from t5scale.data.finetune_tasks import demo_examples
 
