@@ -8,6 +8,7 @@ import sys
 
 import jax
 import numpy as np
+import pytest
 
 from t5scale.compress.checkpoint import (
     PARAMS,
@@ -20,6 +21,7 @@ from t5scale.compress.checkpoint import (
 )
 from t5scale.compress.compressed import compress_params, decompress_params
 from t5scale.compress.settings import BASELINE, Setting
+from t5scale.model.kernels import kernel_spec
 from t5scale.model.layout import flat_params
 from tests.compress.models import copy_batch, save_checkpoint, trained_tiny_flat
 from tests.testing import REPO, forward, random_model, random_tokens, tiny_config
@@ -48,6 +50,32 @@ def test_bytes_on_disk_meet_the_goals(tmp_path):
     assert size["int8_sparse"] < size["int8"], ratio  # a bitmask and half the codes, not a byte per weight
     assert size["int8_float_embedding"] > size["int8"], ratio  # the embedding is 512 x 128 of ~1M parameters
     assert stored_bytes(str(tmp_path / "int8"))["params"] == size["int8"]
+
+
+@pytest.mark.parametrize("bits", [8, 4, 2])
+def test_bytes_on_disk_are_the_codes_the_scales_and_the_header_for_each_width(tmp_path, bits):
+    """What the format must take, counted from the shapes alone: each kernel ceil(n * bits / 8) bytes of codes and
+    one float32 scale per output channel (n / its contracted width), every other parameter float32, and
+    safetensors' 8-byte header length and JSON header. A code stored a byte to itself, a scale per weight or a
+    float copy would show. Every contracted axis here is >= 128 wide, so scales add at most 1/128 of the float32
+    bytes; the header and the float tensors (norms, relative-bias tables) under 0.6% more. Measured: int8 26.06%,
+    int4 13.61%, int2 7.39% of the float32 file."""
+    cfg = tiny_config(**BYTES_SHAPE)
+    flat = flat_params(random_model(cfg))
+    expected = 0
+    for name, w in flat.items():
+        spec = kernel_spec(name)
+        if spec is None:
+            expected += 4 * w.size
+        else:
+            channels = w.size // int(np.prod([w.shape[a] for a in spec.contracting_axes]))
+            expected += -(-w.size * bits // 8) + 4 * channels
+    files = {key: _save(tmp_path, cfg, flat, s) / PARAMS for key, s in (("float32", BASELINE),
+                                                                       ("quantized", Setting(bits=bits)))}
+    header = int.from_bytes(files["quantized"].read_bytes()[:8], "little")
+    assert os.path.getsize(files["quantized"]) == 8 + header + expected
+    ratio = os.path.getsize(files["quantized"]) / os.path.getsize(files["float32"])
+    assert bits / 32 <= ratio <= bits / 32 + 1 / 128 + 0.006, ratio
 
 
 FRESH_PROCESS = """

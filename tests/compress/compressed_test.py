@@ -1,17 +1,21 @@
 """Compressing a model's flat parameters: what is stored for each kind of parameter, that it decompresses to the
-reference quantize -> dequantize of the (pruned) weights, and that scanned and unrolled models store the same."""
+reference quantize -> dequantize of the (pruned) weights, that scanned and unrolled models store the same, and how
+far 8, 4 and 2 bits move a trained model's score."""
 
 import numpy as np
+import optax
 import pytest
 
 from t5scale import abstract_model
+from t5scale.compress.checkpoint import model_from_flat
 from t5scale.compress.compressed import FLOAT, PRUNED, QUANTIZED, compress_params, decompress_params
 from t5scale.compress.prune import magnitude_masks
 from t5scale.compress.quantize import dequantize, quantize
 from t5scale.compress.settings import Setting
 from t5scale.model.kernels import kernel_spec
 from t5scale.model.layout import flat_params, load_flat_params
-from tests.testing import random_model, tiny_config
+from tests.compress.models import TRAIN_BATCHES, copy_batch, trained_tiny_flat
+from tests.testing import forward, random_model, tiny_config
 
 
 @pytest.fixture(scope="module")
@@ -48,8 +52,9 @@ def test_decompressed_weights_are_the_reference_quantization_of_the_pruned_weigh
         np.testing.assert_array_equal(out[name], dequantize(codes, scale))
         assert np.all(out[name][~masks[name]] == 0)
         if setting.sparsity:  # only kept weights' codes are stored, packed 8 // bits to a byte
-            assert tensors[f"{name}/codes"].size == -(-masks[name].sum() * setting.bits // 8) \
-                if setting.bits in (4, 2) else masks[name].sum()
+            kept = int(masks[name].sum())
+            assert tensors[f"{name}/codes"].size == (-(-kept * setting.bits // 8) if setting.bits in (4, 2)
+                                                     else kept)
             assert tensors[f"{name}/mask"].nbytes == -(-w.size // 8)
 
 
@@ -74,3 +79,28 @@ def test_scanned_and_unrolled_models_store_the_same_arrays():
     assert layout_a == layout_b and a.keys() == b.keys()
     for name in a:
         np.testing.assert_array_equal(a[name], b[name])
+
+
+def test_score_drift_grows_as_the_bits_shrink_on_a_trained_model():
+    """Token accuracy of a tiny T5 trained on the copy task, on the batches it learned (float32: 100%), after every
+    kernel is quantized per channel. Measured: int8 100% (loss 0.0222 -> 0.0226), int4 92.0%, int2 7.4%: eight bits
+    keep the model, four cost a few points on a model this small (DM 24), two break it. The bounds keep each
+    figure's place with a margin, so a scale off by a factor or codes rounded the wrong way would show."""
+    cfg, flat = trained_tiny_flat()
+
+    def score(params):
+        model = model_from_flat(cfg, params)
+        accuracy, loss = [], []
+        for i in range(TRAIN_BATCHES):
+            encoder, decoder, targets = copy_batch(i)
+            logits = np.asarray(forward(model, encoder, decoder))
+            accuracy.append(np.mean(logits.argmax(-1) == targets))
+            loss.append(float(optax.softmax_cross_entropy_with_integer_labels(logits, targets).mean()))
+        return np.mean(accuracy), np.mean(loss)
+
+    (reference, reference_loss), scores = score(flat), {
+        bits: score(decompress_params(*compress_params(flat, Setting(bits=bits)))) for bits in (8, 4, 2)}
+    assert reference == 1.0
+    assert scores[8][0] == 1.0 and scores[8][1] < 1.05 * reference_loss
+    assert 0.8 < scores[4][0] < 0.98
+    assert scores[2][0] < 0.3

@@ -69,6 +69,23 @@ def test_groups_have_one_scale_per_output_channel_and_group_of_the_contracted_ax
         quantize(w, 4, (0,), granularity="group", group_size=4)
 
 
+@pytest.mark.parametrize("shape, contracting, group_axis", [((6, 4, 5), (0,), 0), ((4, 6, 5), (0, 1), 1)])
+def test_group_scales_dequantize_onto_their_own_consecutive_entries(rng, shape, contracting, group_axis):
+    """Each group's scale multiplies the `group_size` consecutive codes it was computed from (entry i of the
+    grouped axis uses scale i // group_size), re-derived here with numpy indexing. The groups' magnitudes differ
+    by 10x each, so a scale applied to another group's codes is far off."""
+    w = rng.standard_normal(shape).astype(np.float32)
+    w *= (10.0 ** (np.arange(shape[group_axis]) // 3)).reshape([-1 if a == group_axis else 1
+                                                               for a in range(len(shape))])
+    codes, scale = quantize(w, 8, contracting, granularity="group", group_size=3)
+    assert scale.shape[group_axis] == shape[group_axis] // 3
+    group_of_entry = np.arange(shape[group_axis]) // 3
+    want = codes.astype(np.float32) * np.take(scale, group_of_entry, axis=group_axis)
+    np.testing.assert_array_equal(dequantize(codes, scale), want)
+    error = np.abs(dequantize(codes, scale) - w)
+    assert np.all(error <= np.take(scale, group_of_entry, axis=group_axis) / 2 * (1 + 1e-4))
+
+
 @pytest.mark.parametrize("granularity", ["channel", "tensor"])
 def test_a_scanned_stack_gets_one_scale_per_layer_never_one_across_layers(rng, granularity):
     stack = rng.standard_normal((3, 6, 4, 5)).astype(np.float32) * np.array([1, 10, 100])[:, None, None, None]
