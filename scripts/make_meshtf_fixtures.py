@@ -33,10 +33,11 @@ from tensorflow.python.framework import ops, tensor_conversion_registry
 tf.disable_v2_behavior()
 ops.register_tensor_conversion_function = tensor_conversion_registry.register_tensor_conversion_function
 
-import gin  # noqa: E402
 import mesh_tensorflow as mtf  # noqa: E402
 import mesh_tensorflow.transformer.utils  # noqa: E402,F401 -- registers utils.run, which defaults.gin binds
 from mesh_tensorflow.transformer import transformer  # noqa: E402
+
+import gin  # noqa: E402
 
 STEP = 524288
 VOCAB = 128  # Mesh TF pads the vocabulary to a multiple of 128 (Unitransformer.vocab_divisor)
