@@ -1,6 +1,6 @@
 """`t5scale demo`: the embedded default, run on this machine with no download: the shape table, then pretrain ->
 a small shape sweep with its Pareto frontier -> fine-tune -> eval -> compress (int8, int4, pruned) -> release of
-the int8 model and `t5scale.load` of it, for a tiny shape on CPython's own prose.
+the int8 model, `t5scale.load` of it and `t5scale infer` over a file, for a tiny shape on CPython's own prose.
 Composes the other commands through the registry."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ DEMO_SHAPES = ("tiny", "small", "small-el16", "small-nl16", "base", "base-nl36",
 
 
 @common.command("demo", "the whole programme on this machine: shapes, pretrain, sweep, fine-tune, eval, compress, "
-                "release and load")
+                "release, load and infer")
 def demo(args, gin_files, bindings) -> None:
     print("t5scale demo 1/6: named shapes (params and training FLOPs from the config alone)\n")
     common.run_command("shapes", names=list(DEMO_SHAPES), json=False)
@@ -65,4 +65,15 @@ def demo(args, gin_files, bindings) -> None:
     texts = [f"sst2 sentence: {example['sentence']}" for example in demo_examples("validation")[:4]]
     for text, answer in zip(texts, model.generate(texts, max_length=4)):
         print(f"  {answer!r:12} <- {text[:80]}")
+
+    inputs = pathlib.Path(model_dir, "inputs.jsonl")
+    inputs.write_text("".join(json.dumps({"id": example["idx"], "inputs": f"sst2 sentence: {example['sentence']}"})
+                              + "\n" for example in demo_examples("validation")[:16]))
+    print(f"\nand a file of inputs ({inputs}) through `t5scale infer`, as a whole dataset would go (one JSONL "
+          "shard here; resumable, and on every host of a pod)")
+    common.run_command("infer", ["runs/infer.gin"], ["TASK_FEATURE_LENGTHS={'inputs': 128, 'targets': 4}"],
+                       checkpoint=release_dir, input_file=str(inputs), id_field="id", output_dir=f"{model_dir}/infer")
+    shard = next(pathlib.Path(model_dir, "infer").glob("predictions-*.jsonl"))
+    for line in shard.read_text().splitlines()[:2]:
+        print(f"  {line[:150]}")
     print(f"TensorBoard: tensorboard --logdir {model_dir}")
