@@ -133,15 +133,18 @@ class _Sampler(NamedTuple):
     top_p: jax.Array  # float32 scalar in (0, 1]; used only when the program was compiled with nucleus=True
 
 
-def check_sampling(temperature: float, top_k: int, top_p: float) -> None:
+def check_sampling(temperature: float, top_k: int, top_p: float, beam_size: int = 1) -> None:
     """One ValueError naming the bad argument: temperature >= 0 (0: greedy), top_k >= 0 (0: all tokens),
-    0 < top_p <= 1 (1: all tokens)."""
+    0 < top_p <= 1 (1: all tokens), and beam_size 1 when sampling."""
     if not 0 <= temperature < float("inf"):  # also refuses NaN
         raise ValueError(f"temperature must be a finite number >= 0 (0 decodes greedily), got {temperature!r}.")
     if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 0:
         raise ValueError(f"top_k must be an integer >= 0 (0 keeps every token), got {top_k!r}.")
     if not 0 < top_p <= 1:
         raise ValueError(f"top_p must be in (0, 1] (1 keeps every token), got {top_p!r}.")
+    if temperature > 0 and beam_size != 1:
+        raise ValueError(f"Beam search does not sample: beam_size must be 1 when temperature > 0, got beam_size "
+                         f"{beam_size} and temperature {temperature}.")
 
 
 def sampling_logits(logits: jax.Array, temperature: jax.Array, top_k: int, top_p: jax.Array | None) -> jax.Array:
@@ -191,7 +194,7 @@ def sample(model: T5, encoder_input_tokens: jax.Array, max_decode_len: int, *, s
     0..B-1) should be the rows' global indices (in a dataset, over batches and hosts).
 
     The log-likelihood is of the returned tokens under the untempered, uncut model: the sum of log p(token)
-    through EOS (or over all T tokens when there is none), what `score` gives for them with weight 1 on each.
+    through EOS (or over all T tokens when there is none): `score` of them with weight 1 up to EOS, 0 after.
     """
     check_sampling(temperature, top_k, top_p)
     encoder_input_tokens = jnp.asarray(encoder_input_tokens, jnp.int32)
@@ -345,11 +348,8 @@ def predict_batch(model: T5, batch: dict, *, beam_size: int = 1, alpha: float = 
     """
     if max_decode_len is None:
         max_decode_len = batch["decoder_target_tokens"].shape[1]
-    check_sampling(temperature, top_k, top_p)
+    check_sampling(temperature, top_k, top_p, beam_size)
     if temperature > 0:
-        if beam_size != 1:
-            raise ValueError(f"Beam search does not sample: beam_size must be 1 when temperature > 0, got "
-                             f"beam_size {beam_size} and temperature {temperature}.")
         tokens, _ = sample(model, batch["encoder_input_tokens"], max_decode_len, seed=seed, row_ids=row_ids,
                            temperature=temperature, top_k=top_k, top_p=top_p, eos_id=eos_id)
         return tokens

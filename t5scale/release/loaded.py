@@ -2,6 +2,7 @@
 
     model = t5scale.load("gs://bucket/releases/small-el16")
     model.generate(["sst2 sentence: a fine film"], max_length=8)   # ["positive"]
+    model.generate(texts, temperature=0.8, top_p=0.95, seed=1)     # sampled, reproducibly
     model.score(["sst2 sentence: a fine film"], ["positive"])      # [-0.03]
     model.encode(["a fine film"])                                  # [array [tokens, DM]]
     model.nnx_model                                                # the flax.nnx T5 itself
@@ -91,14 +92,21 @@ class LoadedModel:
     # -- inference ----------------------------------------------------------------------------------------------
 
     def generate(self, texts: Sequence[str], *, max_length: int = 64, beam_size: int = 1, alpha: float = 0.6,
-                 batch_size: int = 32, max_input_length: int = 512) -> list[str]:
-        """Greedy decoding (beam_size 1) or t5x's beam search, up to `max_length` target tokens per text."""
+                 temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0, seed: int = 0, batch_size: int = 32,
+                 max_input_length: int = 512) -> list[str]:
+        """Greedy decoding (beam_size 1, temperature 0), t5x's beam search, or sampling (temperature > 0, cut to
+        the `top_k` most likely tokens and the `top_p` nucleus; see `decoding.sample`), up to `max_length` target
+        tokens per text. A sampled text depends on `seed` and its place in `texts` only, not on `batch_size`."""
         if max_length < 1 or beam_size < 1:
             raise ValueError(f"max_length and beam_size must be positive, got {max_length} and {beam_size}.")
+        decoding.check_sampling(temperature, top_k, top_p, beam_size)
         out = []
-        for chunk, rows in self._chunks(self.tokenize(texts, max_input_length), batch_size):
+        for n, (chunk, rows) in enumerate(self._chunks(self.tokenize(texts, max_input_length), batch_size)):
             tokens = self._padded(chunk, rows)
-            if beam_size == 1:
+            if temperature > 0:
+                generated, _ = decoding.sample(self.nnx_model, tokens, max_length, seed=seed, temperature=temperature,
+                                               top_k=top_k, top_p=top_p, row_ids=n * batch_size + np.arange(rows))
+            elif beam_size == 1:
                 generated = decoding.greedy_decode(self.nnx_model, tokens, max_length)
             else:
                 generated, _ = decoding.beam_search(self.nnx_model, tokens, max_length, beam_size=beam_size,
