@@ -4,8 +4,9 @@
                                                                         output_length=64))
 
 The folder holds, for a fixed batch and fixed input/output lengths (docs/export.md):
-- `decode.jax`: the decode function (greedy or beam search) as serialized, versioned StableHLO (`jax.export`), over
-  `params.safetensors` passed as its argument; `runner.py` runs it with jax, numpy and sentencepiece only;
+- `decode.jax`: the decode function (greedy, beam search or sampling) as serialized, versioned StableHLO
+  (`jax.export`), over `params.safetensors` passed as its argument; `runner.py` runs it with jax, numpy and
+  sentencepiece only;
 - `saved_model/1/`: a TensorFlow SavedModel, strings in and strings out, that TF Serving loads;
 - `sentencepiece.model` (the vocabulary, seqio's extra ids included), `signature.json` (inputs, outputs, shapes,
   decoding, the model's config, the source and its release manifest's hash), and `manifest.json` (sha256 and size of
@@ -107,10 +108,13 @@ def _write_saved_model(decode, params, settings, sp_model, vocabulary, folder) -
 
     saved_model.write_saved_model(decode, params, settings, sp_model, vocabulary, folder)
     outputs = {saved_model.OUTPUT_NAME: {"dtype": "string", "shape": ["n"]}}
+    inputs = {saved_model.INPUT_NAME: {"dtype": "string", "shape": ["n"], "n": f"1..{settings.batch}"}}
     if settings.method == "beam":
         outputs["scores"] = {"dtype": "float32", "shape": ["n"]}
-    return {"signature": saved_model.SIGNATURE_KEY,
-            "inputs": {saved_model.INPUT_NAME: {"dtype": "string", "shape": ["n"], "n": f"1..{settings.batch}"}},
+    if settings.method == "sample":
+        outputs["log_likelihood"] = {"dtype": "float32", "shape": ["n"]}
+        inputs["seed"] = {"dtype": "int32", "shape": []}
+    return {"signature": saved_model.SIGNATURE_KEY, "inputs": inputs,
             "outputs": outputs, "tensorflow": tf.__version__, "tensorflow_text": tf_text.__version__,
             "stablehlo_version": saved_model.stablehlo_target()}
 

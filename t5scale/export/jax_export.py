@@ -32,6 +32,9 @@ class DecodeSettings:
     output_length: int
     beam_size: int = 1
     alpha: float = 0.6
+    temperature: float = 0.0  # > 0: sampling (decoding.sample), seeded by an input of the program
+    top_k: int = 0
+    top_p: float = 1.0
     platforms: tuple[str, ...] = ("cpu", "cuda", "tpu")
 
     def __post_init__(self):
@@ -39,6 +42,9 @@ class DecodeSettings:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"export: {name} must be a positive integer, got {value!r}.")
+        decoding.check_sampling(self.temperature, self.top_k, self.top_p)
+        if self.temperature > 0 and self.beam_size > 1:
+            raise ValueError("export: sample (temperature > 0) or beam search (beam_size > 1), not both.")
         unknown = [p for p in self.platforms if p not in PLATFORMS]
         if unknown or not self.platforms:
             raise ValueError(f"export: platforms must be some of {', '.join(PLATFORMS)}; "
@@ -46,12 +52,14 @@ class DecodeSettings:
 
     @property
     def method(self) -> str:
-        return "greedy" if self.beam_size == 1 else "beam"
+        return "beam" if self.beam_size > 1 else "sample" if self.temperature > 0 else "greedy"
 
     def decoding(self) -> dict:
         out = {"method": self.method}
         if self.method == "beam":
             out.update(beam_size=self.beam_size, alpha=self.alpha)
+        if self.method == "sample":
+            out.update(temperature=self.temperature, top_k=self.top_k, top_p=self.top_p)
         return out
 
 
@@ -71,14 +79,22 @@ def flat_params(model: nnx.Module) -> tuple[dict[str, np.ndarray], Callable[[dic
 
 
 def decode_function(model: nnx.Module, settings: DecodeSettings) -> tuple[Callable, dict[str, np.ndarray]]:
-    """(fn(params, tokens) -> {"tokens": int32 [batch, output_length], "scores" for beam search}, params)."""
+    """(fn, params): fn(params, tokens) -> {"tokens": int32 [batch, output_length]} for greedy decoding, with
+    "scores" [batch] for beam search; fn(params, tokens, seed, row_ids) -> {"tokens", "log_likelihood"} for
+    sampling (seed int32 [], row_ids int32 [batch]: as `decoding.sample`)."""
     params, rebuild = flat_params(model)
     length = settings.output_length
 
-    def decode(params: dict, tokens: jax.Array) -> dict[str, jax.Array]:
+    def decode(params: dict, tokens: jax.Array, *sampling: jax.Array) -> dict[str, jax.Array]:
         model = rebuild(params)
         if settings.method == "greedy":
             return {"tokens": decoding.greedy_decode(model, tokens, length)}
+        if settings.method == "sample":
+            seed, row_ids = sampling
+            tokens, log_likelihood = decoding.sample(model, tokens, length, seed=seed, row_ids=row_ids,
+                                                     temperature=settings.temperature, top_k=settings.top_k,
+                                                     top_p=settings.top_p)
+            return {"tokens": tokens, "log_likelihood": log_likelihood}
         tokens, scores = decoding.beam_search(model, tokens, length, beam_size=settings.beam_size,
                                               alpha=settings.alpha)
         return {"tokens": tokens, "scores": scores}
@@ -86,9 +102,15 @@ def decode_function(model: nnx.Module, settings: DecodeSettings) -> tuple[Callab
     return decode, params
 
 
+INPUT_NAMES = ("params", "tokens", "seed", "row_ids")
+
+
 def input_specs(params: dict[str, np.ndarray], settings: DecodeSettings) -> tuple:
-    return ({name: jax.ShapeDtypeStruct(value.shape, value.dtype) for name, value in params.items()},
-            jax.ShapeDtypeStruct((settings.batch, settings.input_length), jnp.int32))
+    specs = ({name: jax.ShapeDtypeStruct(value.shape, value.dtype) for name, value in params.items()},
+             jax.ShapeDtypeStruct((settings.batch, settings.input_length), jnp.int32))
+    if settings.method == "sample":
+        specs += (jax.ShapeDtypeStruct((), jnp.int32), jax.ShapeDtypeStruct((settings.batch,), jnp.int32))
+    return specs
 
 
 def export_decode(decode: Callable, params: dict[str, np.ndarray], settings: DecodeSettings) -> jax.export.Exported:
@@ -97,9 +119,10 @@ def export_decode(decode: Callable, params: dict[str, np.ndarray], settings: Dec
 
 def io_signature(exported: jax.export.Exported) -> tuple[dict, dict]:
     """(inputs, outputs) of the exported program as signature.json lists them: shapes and dtypes."""
-    params, tokens = jax.tree.unflatten(exported.in_tree, exported.in_avals)[0]
-    inputs = {"params": {"arrays": len(params), "dtypes": sorted({str(a.dtype) for a in params.values()})},
-              "tokens": {"shape": list(tokens.shape), "dtype": str(tokens.dtype)}}
+    params, *arrays = jax.tree.unflatten(exported.in_tree, exported.in_avals)[0]
+    inputs = {"params": {"arrays": len(params), "dtypes": sorted({str(a.dtype) for a in params.values()})}}
+    inputs.update({name: {"shape": list(aval.shape), "dtype": str(aval.dtype)}
+                   for name, aval in zip(INPUT_NAMES[1:], arrays)})
     outputs = {name: {"shape": list(aval.shape), "dtype": str(aval.dtype)}
                for name, aval in jax.tree.unflatten(exported.out_tree, exported.out_avals).items()}
     return inputs, outputs

@@ -5,8 +5,9 @@
     import sys; sys.path.insert(0, "/models/t5")    # the export folder
     import runner
     model = runner.load("/models/t5")              # checks every file against manifest.json first
-    model.generate(["sst2 sentence: a fine film"])  # -> ["positive"]
-    model.decode(tokens)                            # int32 [batch, input_length] -> {"tokens": [batch, output_length], ...}
+    model.generate(["sst2 sentence: a fine film"])  # up to `batch` texts -> their outputs
+    model.decode(tokens)                            # int32 [batch, input_length] -> {"tokens": ..., }
+    model.generate(texts, seed=7)                   # an export that samples: text i drawn with row id i
 
 The decode program has fixed shapes (signature.json): `generate` pads up to `batch` texts with empty rows and
 refuses more, and refuses a text longer than `input_length` tokens (its EOS included), naming the length;
@@ -70,13 +71,16 @@ class ExportedModel:
         self.eos_id, self.unk_id = vocab["eos_id"], vocab["unk_id"]
 
     def decode(self, tokens, **inputs) -> dict[str, np.ndarray]:
-        """The exported program on int32 tokens [batch, input_length] (0 = padding), plus `seed` when it samples."""
+        """The exported program on int32 tokens [batch, input_length] (0 = padding); a sampling export also takes
+        `seed` (an int) and optionally `row_ids` (int [batch], default 0..batch-1)."""
         tokens = np.asarray(tokens)
         expected = (self.batch, self.input_length)
         if tokens.shape != expected or tokens.dtype != np.int32:
             raise ExportError(f"tokens must be int32 of shape {expected} (batch, input_length) for this export; "
                               f"got {tokens.dtype} of shape {tokens.shape}.")
         extra = [name for name in self.signature["inputs"] if name not in ("params", "tokens")]
+        if "row_ids" in extra and "row_ids" not in inputs:
+            inputs["row_ids"] = np.arange(self.batch)  # a sampled row is drawn by its seed and row id
         if sorted(inputs) != sorted(extra):
             raise ExportError(f"this export takes the inputs {extra or 'tokens only'}; got {sorted(inputs)}.")
         args = [np.asarray(inputs[name], self.signature["inputs"][name]["dtype"]) for name in extra]

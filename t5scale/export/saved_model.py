@@ -7,7 +7,8 @@ wrapper over that same `jax2tf.convert` (plus six more dependencies). A plain `t
 tokenizer and the variables in view. docs/export.md has the measured details.
 
 The `serving_default` signature takes `inputs`, a string tensor [n] with 1 <= n <= batch texts (padded to the fixed
-batch inside the graph), and returns `outputs`, string [n] (and `scores`, float32 [n], for beam search). A text
+batch inside the graph) and, when the export samples, `seed` (int32 scalar; text i is drawn with row id i), and
+returns `outputs`, string [n] (and `scores` for beam search, `log_likelihood` for sampling, float32 [n]). A text
 longer than the fixed input length, or more than `batch` texts, fails the request with an error saying so.
 """
 
@@ -44,8 +45,7 @@ def write_saved_model(decode: Callable, params: dict[str, np.ndarray], settings:
                            for name, value in params.items()}
             self.tokenizer = tf_text.SentencepieceTokenizer(model=sp_model)
 
-        @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=INPUT_NAME)], autograph=False)
-        def serve(self, inputs):
+        def serve(self, inputs, *seed):
             rows = tf.shape(inputs)[0]
             ids = self.tokenizer.tokenize(inputs)
             ids = tf.concat([ids, tf.fill([rows, 1], eos_id)], axis=1)  # as seqio: EOS after each input
@@ -55,12 +55,14 @@ def write_saved_model(decode: Callable, params: dict[str, np.ndarray], settings:
                 tf.debugging.assert_greater(rows, 0, message="no inputs"),
                 tf.debugging.assert_less_equal(
                     tf.reduce_max(ids.row_lengths()), tf.cast(length, tf.int64),
-                    message=f"an input has more tokens (with its EOS) than the fixed input_length {length} of this export"),
+                    message=f"an input has more tokens (with its EOS) than the fixed input_length {length} of this "
+                            "export"),
             ]
             with tf.control_dependencies(checks):
                 tokens = ids.to_tensor(default_value=0, shape=[None, length])
                 tokens = tf.ensure_shape(tf.pad(tokens, [[0, batch - rows], [0, 0]]), [batch, length])
-            out = tf_decode(self.params, tokens)
+            sampling = (seed[0], tf.range(batch, dtype=tf.int32)) if seed else ()  # row i: fold_in(seed, i)
+            out = tf_decode(self.params, tokens, *sampling)
             # seqio's decode: ids past the vocabulary read as its unknown piece; each row up to its first EOS.
             generated = out["tokens"][:rows]
             generated = tf.where(generated >= pieces, unk_id, generated)
@@ -69,13 +71,18 @@ def write_saved_model(decode: Callable, params: dict[str, np.ndarray], settings:
                                settings.output_length)
             texts = self.tokenizer.detokenize(tf.RaggedTensor.from_tensor(generated, lengths=lengths))
             result = {OUTPUT_NAME: texts}
-            if "scores" in out:
-                result["scores"] = out["scores"][:rows]
+            for name in ("scores", "log_likelihood"):
+                if name in out:
+                    result[name] = out[name][:rows]
             return result
 
     server = Server()
+    specs = [tf.TensorSpec([None], tf.string, name=INPUT_NAME)]
+    if settings.method == "sample":
+        specs.append(tf.TensorSpec([], tf.int32, name="seed"))
+    serve = tf.function(server.serve, input_signature=specs, autograph=False)
     with _stablehlo_for_tensorflow():  # the function is traced (and its StableHLO serialized) here
-        tf.saved_model.save(server, str(folder), signatures={SIGNATURE_KEY: server.serve})
+        tf.saved_model.save(server, str(folder), signatures={SIGNATURE_KEY: serve})
 
 
 def stablehlo_target() -> str:

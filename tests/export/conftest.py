@@ -19,6 +19,8 @@ from tests.release.runs import TEXTS, make_model_dir
 # export's fixed shapes, so both run the same shapes.
 GREEDY = DecodeSettings(batch=4, input_length=16, output_length=8)
 BEAM = DecodeSettings(batch=4, input_length=16, output_length=8, beam_size=3, alpha=0.6)
+SAMPLE = DecodeSettings(batch=4, input_length=16, output_length=8, temperature=0.8, top_k=50, top_p=0.9)
+SEED = 7
 
 
 @pytest.fixture(scope="session")
@@ -47,6 +49,23 @@ def beam_export(model_dir, tmp_path_factory) -> str:
     folder = str(tmp_path_factory.mktemp("export") / "beam")
     export(model_dir, folder, BEAM)
     return folder
+
+
+@pytest.fixture(scope="session")
+def sample_export(model_dir, tmp_path_factory) -> str:
+    folder = str(tmp_path_factory.mktemp("export") / "sample")
+    export(model_dir, folder, SAMPLE)
+    return folder
+
+
+def reference_sample(loaded) -> tuple[np.ndarray, np.ndarray]:
+    """decoding.sample of TEXTS with SEED, row i drawn as row id i: (tokens, log-likelihoods)."""
+    from t5scale.model import decoding
+
+    tokens, log_likelihood = decoding.sample(loaded.nnx_model, reference_tokens(loaded, SAMPLE),
+                                             SAMPLE.output_length, seed=SEED, temperature=SAMPLE.temperature,
+                                             top_k=SAMPLE.top_k, top_p=SAMPLE.top_p)
+    return np.asarray(tokens), np.asarray(log_likelihood)
 
 
 def reference_tokens(loaded, settings: DecodeSettings) -> np.ndarray:

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from t5scale.model import decoding
-from tests.export.conftest import BEAM, GREEDY, reference_generate, reference_tokens, run_fresh
+from tests.export.conftest import BEAM, GREEDY, SEED, reference_generate, reference_sample, reference_tokens, run_fresh
 from tests.release.runs import TEXTS
 
 CONSUMER = r"""
@@ -23,22 +23,25 @@ import runner
 
 model = runner.load(folder)
 tokens = model.tokenize(texts)
-decoded = model.decode(tokens)
-result = {"tokenized": tokens.tolist(), "generated": model.generate(texts),
+inputs = json.loads(sys.argv[3]) if len(sys.argv) > 3 else {}
+decoded = model.decode(tokens, **inputs)
+result = {"tokenized": tokens.tolist(), "generated": model.generate(texts, **inputs),
           "decoded": {name: value.tolist() for name, value in decoded.items()}}
 
 # The plain jax call docs/export.md shows, without runner.py.
 import jax
 from safetensors.numpy import load_file
 program = jax.export.deserialize(bytearray(open(f"{folder}/decode.jax", "rb").read()))
-result["plain"] = np.asarray(program.call(load_file(f"{folder}/params.safetensors"), tokens)["tokens"]).tolist()
+sampling = [np.int32(inputs["seed"]), np.arange(len(tokens), dtype=np.int32)] if inputs else []
+result["plain"] = np.asarray(program.call(load_file(f"{folder}/params.safetensors"), tokens, *sampling)["tokens"]
+                             ).tolist()
 
 batch, length = tokens.shape
-bad = {"batch": lambda: model.decode(np.zeros((batch + 1, length), np.int32)),
-       "length": lambda: model.decode(np.zeros((batch, length // 2), np.int32)),
-       "dtype": lambda: model.decode(tokens.astype(np.int64)),
-       "too_long": lambda: model.generate(["the interpreter reads a line " * 8]),
-       "too_many": lambda: model.generate(texts[:1] * (batch + 1))}
+bad = {"batch": lambda: model.decode(np.zeros((batch + 1, length), np.int32), **inputs),
+       "length": lambda: model.decode(np.zeros((batch, length // 2), np.int32), **inputs),
+       "dtype": lambda: model.decode(tokens.astype(np.int64), **inputs),
+       "too_long": lambda: model.generate(["the interpreter reads a line " * 8], **inputs),
+       "too_many": lambda: model.generate(texts[:1] * (batch + 1), **inputs)}
 result["errors"] = {}
 for name, call in bad.items():
     try:
@@ -96,3 +99,13 @@ def test_a_changed_file_is_refused_before_anything_runs(greedy_export, tmp_path)
               "except runner.ExportError as e:\n    print(json.dumps(str(e)))\n")
     message = run_fresh(script, str(copy), cwd=tmp_path)
     assert message == f"{params} does not match its sha256 in manifest.json: the file is truncated or changed."
+
+
+def test_sampling_export_draws_the_tokens_of_decoding_sample_from_its_seed(sample_export, loaded, tmp_path):
+    run = run_fresh(CONSUMER, sample_export, json.dumps(TEXTS), json.dumps({"seed": SEED}), cwd=tmp_path)
+    tokens, log_likelihood = reference_sample(loaded)
+    assert np.array_equal(run["decoded"]["tokens"], tokens)
+    assert np.array_equal(run["plain"], tokens)
+    assert np.array_equal(np.float32(run["decoded"]["log_likelihood"]), log_likelihood)
+    assert run["generated"] == [loaded.detokenize(row) for row in tokens[:len(TEXTS)]]
+    assert run["errors"]["too_many"] == "this export decodes batches of up to 4 texts; got 5."
