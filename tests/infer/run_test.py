@@ -166,6 +166,7 @@ def test_a_rerun_skips_finished_shards_and_redoes_a_missing_one_identically(mode
 KILL_ROWS, KILL_SHARDS = 64, 8  # two batches of 4 per shard: a kill lands within a shard, between two, or in a write
 
 
+@pytest.mark.faults
 def test_sigkill_at_a_random_moment_then_rerun_gives_the_uninterrupted_files(model_dir, tmp_path):
     """The CLI in a subprocess is killed (SIGKILL) at a random moment after a random number of its shards appeared
     (the compiled programs come from the persistent cache the in-process run filled); a rerun finishes the job."""
@@ -188,3 +189,47 @@ def test_sigkill_at_a_random_moment_then_rerun_gives_the_uninterrupted_files(mod
     whole = {p.name: p.read_bytes() for p in (tmp_path / "whole").iterdir()}
     assert {p.name: p.read_bytes() for p in killed.iterdir()} == whole  # no temporary file left either
     assert [r["index"] for r in rows_of(killed)] == list(range(KILL_ROWS))
+
+
+def two_processes(argv: list[str], port: int) -> list[subprocess.Popen]:
+    return [subprocess.Popen(
+        [sys.executable, "-m", "t5scale", *argv], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        env={**os.environ, "T5SCALE_COORDINATOR": f"127.0.0.1:{port}", "T5SCALE_NUM_PROCESSES": "2",
+             "T5SCALE_PROCESS_ID": str(i)}) for i in range(2)]
+
+
+@pytest.mark.slow  # six CLI processes
+@pytest.mark.faults
+def test_two_processes_killed_with_sigkill_then_rerun_give_the_uninterrupted_files(model_dir, tmp_path):
+    """Every host runs the same command; both are killed (a preempted pod) after a random number of shards, then
+    rerun. The files equal an uninterrupted two-process run's, whose predictions are the one-process run's."""
+    (tmp_path / "in.txt").write_text("".join(f"{TEXTS[i % 3]} {i}\n" for i in range(KILL_ROWS)))
+    argv = ["infer", "--checkpoint", str(model_dir), "--input_file", str(tmp_path / "in.txt"), "--batch_size", "4",
+            "--shards", str(KILL_SHARDS), "--gin.TASK_FEATURE_LENGTHS={'inputs': 32, 'targets': 8}"]
+    assert cli_main([*argv, "--output_dir", str(tmp_path / "one")]) == 0
+    port = 20000 + (os.getpid() + 17) % 20000
+    whole = two_processes([*argv, "--output_dir", str(tmp_path / "whole")], port)
+    outs = [p.communicate(timeout=600) for p in whole]
+    assert [p.returncode for p in whole] == [0, 0], outs[1][1][-3000:]
+
+    killed, rng = tmp_path / "killed", random.Random(os.getpid())
+    after = rng.randint(1, KILL_SHARDS - 2)
+    processes = two_processes([*argv, "--output_dir", str(killed)], port + 1)
+    while len(list(killed.glob("predictions-*"))) < after and all(p.poll() is None for p in processes):
+        time.sleep(0.001)
+    time.sleep(rng.uniform(0, 0.05))
+    for p in processes:
+        p.send_signal(signal.SIGKILL)
+    outs = [p.communicate() for p in processes]
+    written = len(list(killed.glob("predictions-*")))
+    assert [p.returncode for p in processes] == [-signal.SIGKILL] * 2 and 0 < written < KILL_SHARDS, (
+        written, outs[0][1][-2000:])
+    rerun = two_processes([*argv, "--output_dir", str(killed)], port + 2)
+    outs = [p.communicate(timeout=600) for p in rerun]
+    assert [p.returncode for p in rerun] == [0, 0], outs[0][1][-3000:]
+    assert {p.name: p.read_bytes() for p in killed.iterdir()} == {
+        p.name: p.read_bytes() for p in (tmp_path / "whole").iterdir()}
+    assert [r["index"] for r in rows_of(killed)] == list(range(KILL_ROWS))
+    one, two = rows_of(tmp_path / "one"), rows_of(tmp_path / "whole")
+    assert [r["prediction"] for r in one] == [r["prediction"] for r in two]
+    np.testing.assert_allclose([r["log_likelihood"] for r in one], [r["log_likelihood"] for r in two], rtol=1e-5)
