@@ -3,8 +3,9 @@
     summary = evaluate(EvalConfig(checkpoint_path="runs/glue/checkpoint_1000",
                                   mixture_or_task_name="glue_v002_proportional", output_dir="runs/glue/eval"))
 
-seqio.Evaluator reads each task's evaluation split, our model decodes (greedy, or beam search with T5's brevity
-penalty) or scores targets (for rank-based metrics), and the task's postprocessor and metric functions do the rest.
+seqio.Evaluator reads each task's evaluation split, our model decodes (greedy, beam search with T5's brevity
+penalty, or sampling seeded per example) or scores targets (for rank-based metrics), and the task's postprocessor
+and metric functions do the rest.
 Writes `output_dir/metrics.json` (per-task metrics, GLUE and SuperGLUE averages) and seqio's per-task
 `<task>-<step, 6 digits>.jsonl` predictions; `format_table` prints the summary. A compressed checkpoint
 (t5scale.compress) evaluates the same way, its weights dequantized to float32, under its source's step.
@@ -26,6 +27,7 @@ from typing import Callable, Iterator, Mapping
 import jax
 import numpy as np
 import seqio
+import tensorflow as tf
 from etils import epath
 from jax.experimental import multihost_utils
 
@@ -52,10 +54,15 @@ class EvalConfig:
     beam_size: int = 1  # 1: greedy decoding
     alpha: float = 0.6  # beam search brevity penalty ((5 + length) / 6) ** alpha
     num_examples: int | None = None  # per task, from the start of the split; None: all
+    temperature: float = 0.0  # > 0: sample (beam_size 1), each example with its index in the split as its row id
+    top_k: int = 0  # sampling: only the k most likely tokens; 0: all
+    top_p: float = 1.0  # sampling: only the nucleus of this probability; 1: all
+    seed: int = 0  # sampling
 
     def __post_init__(self):
         if self.batch_size < 1 or self.beam_size < 1:
             raise ValueError("EvalConfig: batch_size and beam_size must be positive.")
+        decoding.check_sampling(self.temperature, self.top_k, self.top_p, self.beam_size)
 
 
 def _batches(dataset, batch_size: int) -> Iterator[tuple[list[int], dict[str, np.ndarray]]]:
@@ -90,9 +97,15 @@ def _over_batches(compute: Callable, dataset, batch_size: int, mesh) -> list[tup
 
 
 def make_predict_fn(model, cfg: EvalConfig, mesh=None) -> Callable:
+    def predict(batch):
+        return decoding.predict_batch(model, batch, beam_size=cfg.beam_size, alpha=cfg.alpha,
+                                      temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p, seed=cfg.seed,
+                                      row_ids=batch["row_ids"])
+
     def predict_fn(dataset, model_feature_shapes=None):
-        return _over_batches(lambda batch: decoding.predict_batch(model, batch, beam_size=cfg.beam_size,
-                                                                  alpha=cfg.alpha), dataset, cfg.batch_size, mesh)
+        # An example's index in the split is its sampling row id: its draws do not depend on the batch size.
+        dataset = dataset.map(lambda index, features: (index, {**features, "row_ids": tf.cast(index, tf.int32)}))
+        return _over_batches(predict, dataset, cfg.batch_size, mesh)
 
     return predict_fn
 

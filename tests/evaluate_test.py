@@ -87,6 +87,56 @@ def test_beam_search_evaluates_too(finetuned, mixture, tmp_path):
     assert len((tmp_path / f"{mixture[0]}-000003.jsonl").read_text().splitlines()) == 6
 
 
+def test_sampling_draws_each_example_by_its_index_in_the_split_whatever_the_batch_size(finetuned, mixture):
+    model_dir, _ = finetuned
+    argv = ["eval", "--gin_file=runs/eval.gin", f"--gin.CHECKPOINT_PATH='{model_dir}'",
+            f"--gin.MIXTURE_OR_TASK_NAME='{mixture[0]}'", f"--gin.TASK_FEATURE_LENGTHS={LENGTHS}",
+            "--gin.eval_config.temperature=1.5", "--gin.eval_config.top_k=40"]
+    predictions = {}
+    for batch_size, seed in ((4, 3), (6, 3), (6, 4)):
+        out = model_dir / f"sampled-{batch_size}-{seed}"
+        assert cli_main([*argv, f"--gin.EVAL_OUTPUT_DIR='{out}'", f"--gin.BATCH_SIZE={batch_size}",
+                         f"--gin.eval_config.seed={seed}"]) == 0
+        rows = [json.loads(line) for line in (out / f"{mixture[0]}-000003.jsonl").read_text().splitlines()]
+        predictions[batch_size, seed] = [(row["input"]["idx"], row["output"]) for row in rows]  # the text
+    assert len(predictions[4, 3]) == 12 and predictions[4, 3] == predictions[6, 3]
+    assert all(a != b for a, b in zip(predictions[6, 4], predictions[6, 3]))  # the seed decides the draws
+
+
+@pytest.mark.parametrize("binding, message", [("top_p=1.5", "top_p must be in (0, 1]"),
+                                              ("beam_size=4", "beam_size must be 1 when temperature > 0")])
+def test_bad_sampling_settings_are_one_line_before_anything_is_read(binding, message, tmp_path, capsys):
+    code = cli_main(["eval", "--gin_file=runs/eval.gin", f"--gin.CHECKPOINT_PATH='{tmp_path / 'none'}'",
+                     "--gin.MIXTURE_OR_TASK_NAME='embedded_sst2'", f"--gin.EVAL_OUTPUT_DIR='{tmp_path / 'eval'}'",
+                     "--gin.eval_config.temperature=0.8", f"--gin.eval_config.{binding}"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("t5scale: error: ") and err.count("\n") == 1 and message in err, err
+
+
+def test_the_predict_fn_samples_each_example_with_its_index_as_row_id():
+    import numpy as np
+    import tensorflow as tf
+
+    from t5scale.evaluate import make_predict_fn
+    from t5scale.model import decoding
+    from tests.testing import random_model, random_tokens, tiny_config
+
+    model = random_model(tiny_config(), seed=2)
+    indices = np.array([7, 2, 9, 0, 5])  # seqio enumerates the split; here out of order
+    features = {"encoder_input_tokens": random_tokens(np.random.default_rng(0), (5, 8)),
+                "decoder_target_tokens": np.zeros((5, 6), np.int32)}
+    dataset = tf.data.Dataset.from_tensor_slices((indices, features))
+    expected, _ = decoding.sample(model, features["encoder_input_tokens"], 6, seed=11, row_ids=indices,
+                                  temperature=0.9, top_p=0.8)
+    for batch_size in (2, 5):
+        cfg = EvalConfig(checkpoint_path="unused", mixture_or_task_name="unused", output_dir="unused",
+                         batch_size=batch_size, temperature=0.9, top_p=0.8, seed=11)
+        assert make_predict_fn(model, cfg)(dataset) == list(zip(indices.tolist(), np.asarray(expected).tolist()))
+    with pytest.raises(ValueError, match="beam_size must be 1 when temperature > 0"):
+        EvalConfig(checkpoint_path="unused", mixture_or_task_name="unused", output_dir="unused", beam_size=4,
+                   temperature=0.9)
+
+
 def test_eval_reads_a_compressed_checkpoint_under_its_source_step(finetuned, mixture, tmp_path):
     model_dir, _ = finetuned
     model, checkpoint, step = load_any(str(model_dir))
@@ -178,3 +228,43 @@ def test_over_batches_gives_every_process_every_row_in_order(tmp_path):
     assert [p.returncode for p in processes] == [0, 0], outs[0][1][-2000:]
     expected = [[i, 3 * i + 10 * (3 * i + 1) + 100 * (3 * i + 2)] for i in range(10)]  # row i is [3i, 3i+1, 3i+2]
     assert [json.loads(out.strip().splitlines()[-1]) for out, _ in outs] == [expected, expected]
+
+
+# --- Metrics end to end against hand-computed values (issue 27, item 6): a model whose predictions are known. ---
+
+
+def test_evaluate_scores_known_predictions_over_real_tasks_as_computed_by_hand(mixture, tmp_path, monkeypatch):
+    """Always "entailment" on RTE and CB, the reference answer itself on SQuAD: accuracy is the share of entailment
+    labels in the split, CB's mean F1 over its 3 classes is that of entailment alone (2s / (1 + s)) / 3, SQuAD's EM
+    and F1 are 100."""
+    import numpy as np
+
+    from t5scale import evaluate as evaluate_lib
+
+    rte, cb, squad = mixture
+    entailment = np.array(vocab.embedded_vocabulary().encode("entailment") + [1])  # then EOS
+
+    def always_entailment(model, batch, **kwargs):
+        rows = np.zeros_like(np.asarray(batch["decoder_target_tokens"]))
+        rows[:, :entailment.size] = entailment
+        return rows
+
+    def the_reference_answer(model, batch, **kwargs):
+        return np.asarray(batch["decoder_target_tokens"])
+
+    monkeypatch.setattr(seqio.TfdsDataSource, "num_input_examples", lambda self, split: None)
+    summaries = {}
+    with tfds.testing.mock_data(num_examples=12):
+        labels = {task: [int(x["label"]) for x in seqio.get_mixture_or_task(task).source.get_dataset(
+            split="validation", shuffle=False).as_numpy_iterator()] for task in (rte, cb)}
+        for task, predict in ((rte, always_entailment), (cb, always_entailment), (squad, the_reference_answer)):
+            monkeypatch.setattr(evaluate_lib.decoding, "predict_batch", predict)
+            cfg = EvalConfig(checkpoint_path="unused", mixture_or_task_name=task, output_dir=str(tmp_path / task),
+                             batch_size=5)  # each feature's longest: no answer cut short
+            summaries[task] = evaluate_lib.evaluate_model(None, 7, cfg, checkpoint="known")["tasks"][task]
+    share = {task: np.mean(np.asarray(values) == 0) for task, values in labels.items()}  # label 0: entailment
+    assert len(labels[rte]) == len(labels[cb]) == 12 and 0 < share[rte] < 1 and 0 < share[cb] < 1
+    assert summaries[rte] == pytest.approx({"accuracy": 100 * share[rte]})
+    assert summaries[cb] == pytest.approx({"accuracy": 100 * share[cb],
+                                           "mean_3class_f1": 100 * 2 * share[cb] / (1 + share[cb]) / 3})
+    assert summaries[squad] == pytest.approx({"em": 100.0, "f1": 100.0})
