@@ -4,8 +4,8 @@
                                   mixture_or_task_name="glue_v002_proportional", output_dir="runs/glue/eval"))
 
 seqio.Evaluator reads each task's evaluation split, our model decodes (greedy, beam search with T5's brevity
-penalty, or sampling seeded per example) or scores targets (for rank-based metrics), and the task's postprocessor
-and metric functions do the rest.
+penalty, or sampling seeded per example), and the task's postprocessor and metric functions do the rest. Metrics
+over scores (rank classification) are refused: T5 decodes every GLUE, SuperGLUE and SQuAD task.
 Writes `output_dir/metrics.json` (per-task metrics, GLUE and SuperGLUE averages) and seqio's per-task
 `<task>-<step, 6 digits>.jsonl` predictions; `format_table` prints the summary. A compressed checkpoint
 (t5scale.compress) evaluates the same way, its weights dequantized to float32, under its source's step.
@@ -110,13 +110,6 @@ def make_predict_fn(model, cfg: EvalConfig, mesh=None) -> Callable:
     return predict_fn
 
 
-def make_score_fn(model, cfg: EvalConfig, mesh=None) -> Callable:
-    def score_fn(dataset, model_feature_shapes=None):
-        return _over_batches(lambda batch: decoding.score_batch(model, batch), dataset, cfg.batch_size, mesh)
-
-    return score_fn
-
-
 def evaluate(cfg: EvalConfig, mesh_cfg: MeshConfig | None = None) -> dict | None:
     """Metrics of every task of the mixture (or the task) that has `cfg.split` and metrics; see the module doc.
     On more than one device or process the parameters go on the `mesh_cfg` mesh (default: all devices on the data
@@ -147,8 +140,10 @@ def evaluate_model(model, step: int, cfg: EvalConfig, *, checkpoint: str, mesh=N
         async_compute_metrics=False)
     if not evaluator.eval_tasks:
         raise ValueError(f"No task of {cfg.mixture_or_task_name!r} has a {cfg.split!r} split and metrics.")
-    all_metrics, _ = evaluator.evaluate(compute_metrics=main, step=step, predict_fn=make_predict_fn(model, cfg, mesh),
-                                        score_fn=make_score_fn(model, cfg, mesh))
+    if scored := [task.name for task in evaluator.eval_tasks if task.score_metric_fns]:
+        raise ValueError(f"{', '.join(scored)}: metrics over scores (rank classification) are not run; t5scale "
+                         "evaluates by decoding, as T5 does for GLUE, SuperGLUE and SQuAD.")
+    all_metrics, _ = evaluator.evaluate(compute_metrics=main, step=step, predict_fn=make_predict_fn(model, cfg, mesh))
     if not main:
         return None
     tasks = {task: {name: float(getattr(value, "value", value)) for name, value in values.items()}

@@ -268,3 +268,22 @@ def test_evaluate_scores_known_predictions_over_real_tasks_as_computed_by_hand(m
     assert summaries[cb] == pytest.approx({"accuracy": 100 * share[cb],
                                            "mean_3class_f1": 100 * 2 * share[cb] / (1 + share[cb]) / 3})
     assert summaries[squad] == pytest.approx({"em": 100.0, "f1": 100.0})
+
+
+def test_a_task_with_metrics_over_scores_is_refused_naming_it(tmp_path):
+    """t5scale decodes, as T5 does for every GLUE, SuperGLUE and SQuAD task; rank classification is not run."""
+    import tensorflow as tf
+
+    from t5scale.evaluate import evaluate_model
+
+    name = "scored_by_rank_offline"
+    if name not in seqio.TaskRegistry.names():
+        features = {k: seqio.Feature(vocab.embedded_vocabulary()) for k in ("inputs", "targets")}
+        seqio.TaskRegistry.add(
+            name, source=seqio.FunctionDataSource(lambda split, shuffle_files, seed=None: tf.data.Dataset.from_tensors(
+                {"inputs": "a question", "targets": "an answer"}), splits=["validation"]),
+            preprocessors=[seqio.preprocessors.tokenize, seqio.preprocessors.append_eos], output_features=features,
+            metric_fns=[lambda targets, scores: {"mean_score": float(sum(scores))}])
+    cfg = EvalConfig(checkpoint_path="unused", mixture_or_task_name=name, output_dir=str(tmp_path))
+    with pytest.raises(ValueError, match=f"^{name}: metrics over scores"):
+        evaluate_model(None, 0, cfg, checkpoint="unused")
