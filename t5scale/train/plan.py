@@ -249,6 +249,7 @@ def _lower_train(request: PlanRequest, mesh):
     import jax
     import jax.numpy as jnp
     from flax import nnx
+    from jax.sharding import NamedSharding, PartitionSpec
 
     from t5scale.model.t5 import T5
     from t5scale.train.optim import make_optimizer
@@ -258,11 +259,13 @@ def _lower_train(request: PlanRequest, mesh):
 
     cfg = request.model_cfg
     tx = make_optimizer(request.optim_cfg)
-    init_fn = _make_init_fn(cfg, tx, 0, mesh, request.mesh_cfg.rules)  # the trainer's placements
-    with mesh:
-        state_shardings = init_fn.lower().compile().output_shardings
-    state = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), init_fn.eval_shape(),
-                         state_shardings)
+    # The trainer's placements, as its initialiser declares them (the step count, left to XLA, is replicated). Not
+    # compiled: a state too large for the device is the step's verdict to give, not the initialiser's.
+    replicated = NamedSharding(mesh, PartitionSpec())
+    state = jax.tree.map(lambda x: x if x.sharding is not None else jax.ShapeDtypeStruct(x.shape, x.dtype,
+                                                                                         sharding=replicated),
+                         _make_init_fn(cfg, tx, 0, mesh, request.mesh_cfg.rules).eval_shape())
+    state_shardings = jax.tree.map(lambda x: x.sharding, state)
     data_sharding = batch_sharding(mesh)
     batch = {name: jax.ShapeDtypeStruct((request.batch_size, length), jnp.int32, sharding=data_sharding)
              for names, length in ((ENCODER_FEATURES, request.input_len), (DECODER_FEATURES, request.target_len))
