@@ -47,6 +47,7 @@ setup(
         # Fine-tuning metrics (MCC, F1, Pearson, Spearman).
         "scikit-learn>=1.4,<2",
         "scipy>=1.11,<2",
+        "threadpoolctl>=3.1,<4",  # scaling-law fits on one BLAS thread (scikit-learn brings it too)
         # Scaling studies and compression: figures as PNG files.
         "matplotlib>=3.7,<4",
         # Training: optimizer, checkpoints, metrics.
