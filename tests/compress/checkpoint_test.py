@@ -2,6 +2,7 @@
 model that was compressed in memory, `load_any` reads both kinds of checkpoint, and int8 stays close to float32 on
 a trained model."""
 
+import json
 import os
 import subprocess
 import sys
@@ -148,3 +149,74 @@ def test_int8_logits_stay_close_to_float32_on_a_trained_model():
     probability_error = np.abs(jax.nn.softmax(int8) - jax.nn.softmax(reference)).max()
     assert probability_error < 0.01
     assert np.abs(int4 - reference).mean() > 4 * np.abs(int8 - reference).mean()
+
+
+# --- What one host reads when a checkpoint is loaded onto a mesh (issue 27, item 11). ---
+
+# One of two processes, 4 CPU devices each, loading onto a (data 2, model 4) fsdp mesh: the bytes tensorstore read
+# from the checkpoint's files, and per parameter the index and sum of every shard this process holds, as JSON.
+LOAD_ON_TWO_HOSTS = """
+import json, sys, jax, numpy as np, tensorstore as ts
+from flax import nnx
+from t5scale.train import distributed
+from t5scale.train.partitioning import MeshConfig, make_mesh
+from t5scale.compress.checkpoint import load_any
+distributed.maybe_initialize()
+mesh = make_mesh(MeshConfig(data=2, model=4))
+before = {m["name"]: m["values"][0]["value"] for m in ts.experimental_collect_matching_metrics(
+    "/tensorstore/kvstore/file/bytes_read")}
+model, _, step = load_any(sys.argv[1], mesh=mesh, rules="fsdp")
+after = {m["name"]: m["values"][0]["value"] for m in ts.experimental_collect_matching_metrics(
+    "/tensorstore/kvstore/file/bytes_read")}
+shards = [[jax.tree_util.keystr(path), [[s.start, s.stop] for s in shard.index],
+           float(np.asarray(shard.data, np.float64).sum())]
+          for path, value in jax.tree_util.tree_leaves_with_path(nnx.state(model, nnx.Param))
+          for shard in value.addressable_shards]
+print(json.dumps({"bytes_read": sum(after.values()) - sum(before.values()), "shards": shards}))
+"""
+
+
+def file_bytes_read() -> int:
+    import tensorstore as ts
+
+    return sum(m["values"][0]["value"] for m in ts.experimental_collect_matching_metrics(
+        "/tensorstore/kvstore/file/bytes_read"))
+
+
+@pytest.mark.slow  # a run on 8 devices, then two processes
+def test_each_host_reads_only_the_shards_its_devices_hold(tmp_path):
+    """A checkpoint trained on a (data 2, model 4) fsdp mesh is stored in the chunks of that mesh's shards; loaded by
+    two processes onto the same mesh (its data axis runs across them, and fsdp splits every matrix over it), each
+    holds the right slices and leaves unread what it does not hold: at least most of the half of the token
+    embedding that is the other's (a host that read the whole model and then placed it reads all of it)."""
+    from flax import nnx
+
+    from tests.train.run_training import start
+
+    trained = start(tmp_path / "run", 1, "1", "2", "4", "fsdp",
+                    env={"XLA_FLAGS": "--xla_force_host_platform_device_count=8"})
+    assert trained.wait(timeout=900) == 0, trained.communicate()[1][-3000:]
+    before = file_bytes_read()
+    whole = {jax.tree_util.keystr(path): np.asarray(value) for path, value in
+             jax.tree_util.tree_leaves_with_path(nnx.state(load_any(str(tmp_path / "run"))[0], nnx.Param))}
+    whole_bytes = file_bytes_read() - before
+    port = 20000 + (os.getpid() + 17) % 20000
+    processes = [subprocess.Popen(
+        [sys.executable, "-c", LOAD_ON_TWO_HOSTS, str(tmp_path / "run")], cwd=REPO, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
+             "T5SCALE_COORDINATOR": f"127.0.0.1:{port}", "T5SCALE_NUM_PROCESSES": "2", "T5SCALE_PROCESS_ID": str(i)})
+        for i in range(2)]
+    outs = [p.communicate(timeout=600) for p in processes]
+    assert [p.returncode for p in processes] == [0, 0], outs[0][1][-3000:] + outs[1][1][-3000:]
+    hosts = [json.loads(out.strip().splitlines()[-1]) for out, _ in outs]
+    other_half_of_embedding = next(a.nbytes for name, a in whole.items() if "token_embedder" in name) / 2
+    for host in hosts:
+        assert 0 < host["bytes_read"] < whole_bytes - 0.8 * other_half_of_embedding, (host["bytes_read"], whole_bytes)
+        for name, index, total in host["shards"]:
+            assert total == pytest.approx(whole[name][tuple(slice(*s) for s in index)].astype(np.float64).sum(),
+                                          rel=1e-6, abs=1e-6), name
+    # The token embedding [vocab, embed] over (model, data): each host holds one half of the embedding dimension.
+    embed_halves = [sorted({tuple(index[1]) for name, index, _ in host["shards"] if "token_embedder" in name})
+                    for host in hosts]
+    assert sorted(embed_halves) == [[(0, 16)], [(16, 32)]]
