@@ -12,7 +12,8 @@ from typing import Sequence
 
 # Cost axes: a results-table column, and whether less is better for it (throughput: more is better).
 COSTS = {"params": "params", "params_non_embedding": "params_non_embedding", "flops": "train_flops_per_example",
-         "step_time": "step_time_s", "train_seconds": "train_seconds"}
+         "step_time": "step_time_s", "train_seconds": "train_seconds",
+         "hbm": "plan_hbm_per_device"}  # from `t5scale results/pareto --plan plan.csv`
 
 
 def frontier(costs: Sequence[float], qualities: Sequence[float]) -> list[bool]:

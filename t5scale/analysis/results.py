@@ -142,6 +142,42 @@ def sweep_rows(sweep_dir: str) -> list[dict]:
     return [run_row(path.parent) for path in run_configs(sweep_dir)]
 
 
+PLAN_COLUMNS = {"hbm_per_device": "plan_hbm_per_device", "fits": "plan_fits", "largest_batch": "plan_largest_batch",
+                "compiler": "plan_compiler", "params_per_device": "plan_params_per_device"}
+
+
+def add_plan_columns(rows: list[dict], plan_csv: str) -> list[dict]:
+    """`rows` with the columns of a `t5scale plan --sweep ... --csv` file (memory per device by the TPU compiler or
+    XLA's CPU estimate, fits, the largest batch) joined on the shape; a row whose shape the plan lacks gets none."""
+    path = epath.Path(plan_csv)
+    if not path.exists():
+        raise FileNotFoundError(f"--plan {plan_csv}: no such file (write it with t5scale plan --sweep ... --csv).")
+    plans = {}
+    for plan in csv.DictReader(io.StringIO(path.read_text())):
+        if "shape" not in plan:
+            raise ValueError(f"--plan {plan_csv} has no 'shape' column: not a `t5scale plan --sweep` CSV.")
+        plans[plan["shape"]] = plan
+    out = []
+    for row in rows:
+        plan = plans.get(row["shape"], {})
+        out.append({**row, **{column: _plan_value(plan.get(key)) for key, column in PLAN_COLUMNS.items()}})
+    return out
+
+
+def _plan_value(text: str | None):
+    if text in (None, ""):
+        return None
+    if text in ("True", "False"):
+        return text == "True"
+    try:
+        return int(text)
+    except ValueError:
+        try:
+            return float(text)
+        except ValueError:
+            return text
+
+
 def all_columns(rows: list[dict]) -> list[str]:
     extra = sorted({key for row in rows for key in row} - set(COLUMNS))
     return [*COLUMNS, *extra]
@@ -167,7 +203,8 @@ def _cell(value) -> str:
 
 def format_table(rows: list[dict], columns: list[str] | None = None) -> str:
     columns = columns or ["name", "params", "train_flops_per_example", "steps", "step_time_s", "train_seconds",
-                          "final_loss", "neg_log_perplexity", "ended_by", *[c for c in ("pareto",) if c in rows[0]]]
+                          "final_loss", "neg_log_perplexity", "ended_by",
+                          *[c for c in ("plan_hbm_per_device", "plan_fits", "pareto") if c in rows[0]]]
     cells = [columns] + [[_cell(row.get(c)) for c in columns] for row in rows]
     widths = [max(len(r[i]) for r in cells) for i in range(len(columns))]
     lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))

@@ -169,6 +169,20 @@ def configurable(fn_or_class: Callable, name: str) -> None:
 configurable(model_config, "model_config")
 
 
+def register_run_configurables() -> None:
+    """A training run's dataclasses, configurable by gin under t5x-like names (train, finetune, plan --sweep)."""
+    from t5scale.data.pipeline import DataConfig
+    from t5scale.evaluate import EvalConfig
+    from t5scale.train.optim import OptimConfig
+    from t5scale.train.partitioning import MeshConfig
+    from t5scale.train.pruning import PruningConfig
+    from t5scale.train.trainer import TrainConfig
+
+    for cls, name in ((DataConfig, "data_config"), (OptimConfig, "optim_config"), (MeshConfig, "mesh_config"),
+                      (TrainConfig, "train_config"), (PruningConfig, "pruning_config"), (EvalConfig, "eval_config")):
+        configurable(cls, name)
+
+
 def call_configurable(name: str, **explicit):
     """The configurable `name` called with its gin bindings (and `explicit` arguments, which win over them); a bad
     or missing binding is one UsageError line, and so is a field still bound to a `%gin.REQUIRED` macro (gin itself

@@ -115,9 +115,11 @@ def _arguments(parser) -> None:
     parser.add_argument("--mesh", default="", help="data=D,model=M (default model=1, data from the slice)")
     parser.add_argument("--batch", type=int, default=128, help="global batch size (default 128, T5's)")
     parser.add_argument("--lengths", default="512/114", help="inputs/targets lengths (default 512/114)")
-    parser.add_argument("--rules", choices=RULE_SETS, default="t5x", help="logical axis rules (default t5x)")
-    parser.add_argument("--remat", choices=[r.value for r in config_lib.Remat], default="none",
-                        help="what each layer keeps for the backward pass (default none: everything)")
+    parser.add_argument("--rules", choices=RULE_SETS, help="logical axis rules (default t5x; --search: both unless "
+                        "given)")
+    parser.add_argument("--remat", choices=[r.value for r in config_lib.Remat],
+                        help="what each layer keeps for the backward pass (default none: everything; --search: "
+                        "each unless given)")
     parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="activations")
     parser.add_argument("--microbatches", type=int, default=1, help="gradient accumulation steps")
     parser.add_argument("--mode", choices=plan_lib.MODES, default="train", help="train step (default) or decoding")
@@ -152,7 +154,8 @@ def _request(args, cfg, batch: int, lengths: tuple[int, int], tpu: slices.Slice 
     data, model = parse_mesh(args.mesh, devices)
     # Without libtpu, fake CPU devices stand in for the slice's (one process: no DCN axis to lay out).
     return plan_lib.PlanRequest(
-        cfg, MeshConfig(data=data, model=model, rules=args.rules), batch, *lengths, microbatches=args.microbatches,
+        cfg, MeshConfig(data=data, model=model, rules=args.rules or "t5x"), batch, *lengths,
+        microbatches=args.microbatches,
         topology=args.topology if use_tpu else None, num_slices=args.slices if use_tpu else 1, mode=args.mode,
         beam_size=args.beam)
 
@@ -175,7 +178,7 @@ def plan(args, gin_files, bindings) -> dict | list:
         if args.sweep:
             jobs = _sweep_jobs(args.sweep, bindings, args)
         else:
-            jobs = [(config_lib.shape(args.shape, dtype=args.dtype, remat=args.remat), args.batch, lengths)]
+            jobs = [(config_lib.shape(args.shape, dtype=args.dtype, remat=args.remat or "none"), args.batch, lengths)]
         use_tpu = _compiler(tpu)
         requests = [_request(args, cfg, batch, run_lengths, tpu, use_tpu, hbm) for cfg, batch, run_lengths in jobs]
     except ValueError as error:
@@ -206,7 +209,9 @@ def plan(args, gin_files, bindings) -> dict | list:
 def _search(args, cached: plan_search.PlanCache, request: plan_lib.PlanRequest, hbm: plan_lib.Hbm | None) -> list:
     if hbm is None:
         raise common.UsageError("--search needs the memory per device: --topology or --hbm.")
-    rows = plan_search.search(cached.plan, request, hbm, _progress)
+    fixed_model = request.mesh_cfg.model if "model=" in args.mesh else None
+    only = {"rules": args.rules, "remat": args.remat, "model": fixed_model}
+    rows = plan_search.search(cached.plan, request, hbm, _progress, only=only)
     best, why = plan_search.recommend(rows, args.batch)
     table = [{"shape": request.model_cfg.name, "rules": r.rules, "remat": r.remat, "model": r.model,
               "largest_batch": r.largest_batch,
@@ -235,6 +240,8 @@ def _sweep_jobs(sweep_gin: str, bindings: list[str], args) -> list[tuple]:
     them), with this command's --dtype and --remat."""
     import gin
 
+    common.configurable(sweep_lib.SweepConfig, "sweep_config")
+    common.register_run_configurables()
     common.parse_gin([sweep_gin], ["SWEEP_DIR='(plan)'", *bindings])
     cfg = common.call_configurable("sweep_config")
     first_runs = {}
@@ -245,7 +252,7 @@ def _sweep_jobs(sweep_gin: str, bindings: list[str], args) -> list[tuple]:
         _, files, run_bindings = common.split_gin_flags(sweep_lib.train_argv(cfg, run)[1:])
         gin.clear_config()
         common.parse_gin(files, run_bindings)
-        model_cfg = common.gin_model_config().replace(dtype=args.dtype, remat=args.remat)
+        model_cfg = common.gin_model_config().replace(dtype=args.dtype, remat=args.remat or "none")
         lengths = common.macro_value("TASK_FEATURE_LENGTHS")
         jobs.append((model_cfg, common.macro_value("BATCH_SIZE"), (lengths["inputs"], lengths["targets"])))
     gin.clear_config()

@@ -138,9 +138,20 @@ def _sweep_dir_argument(parser) -> None:
     parser.add_argument("sweep_dir", help="the sweep's SWEEP_DIR (a folder of MODEL_DIRs)")
 
 
-@common.command("results", "one table of a sweep's runs, rebuilt from their directories", _sweep_dir_argument)
-def results_command(args, gin_files, bindings) -> list[dict]:
+def _results_arguments(parser) -> None:
+    _sweep_dir_argument(parser)
+    parser.add_argument("--plan", help="a `t5scale plan --sweep ... --csv` file: add its memory per device, fits and "
+                        "largest batch, by shape (plan_* columns)")
+
+
+def _rows(args) -> list[dict]:
     rows = results.sweep_rows(args.sweep_dir)
+    return results.add_plan_columns(rows, args.plan) if args.plan else rows
+
+
+@common.command("results", "one table of a sweep's runs, rebuilt from their directories", _results_arguments)
+def results_command(args, gin_files, bindings) -> list[dict]:
+    rows = _rows(args)
     csv_path, json_path = results.write_results(rows, args.sweep_dir)
     print(results.format_table(rows))
     print(f"results: {csv_path}, {json_path}")
@@ -148,7 +159,7 @@ def results_command(args, gin_files, bindings) -> list[dict]:
 
 
 def _pareto_arguments(parser) -> None:
-    _sweep_dir_argument(parser)
+    _results_arguments(parser)
     parser.add_argument("--cost", default="params,flops",
                         help=f"comma-separated cost axes among {', '.join(sorted(pareto_lib.COSTS))}")
     parser.add_argument("--quality", default="neg_log_perplexity",
@@ -158,7 +169,7 @@ def _pareto_arguments(parser) -> None:
 @common.command("pareto", "Pareto frontiers of a sweep: marked table and a PNG", _pareto_arguments)
 def pareto(args, gin_files, bindings) -> list[dict]:
     costs = [c.strip() for c in args.cost.split(",") if c.strip()]
-    rows = results.sweep_rows(args.sweep_dir)
+    rows = _rows(args)
     for cost in costs:
         marked = pareto_lib.mark_frontier(rows, cost, args.quality)
         print(f"\nfrontier of {pareto_lib.cost_column(cost)} vs {args.quality}:")

@@ -20,24 +20,10 @@ from t5scale.model.flops import count_params
 FINETUNE_DROPOUT = 0.1  # T5's fine-tuning dropout, when no gin file sets DROPOUT_RATE
 
 
-def _register_configurables() -> None:
-    """The run's dataclasses, configurable by gin under t5x-like names."""
-    from t5scale.data.pipeline import DataConfig
-    from t5scale.evaluate import EvalConfig
-    from t5scale.train.optim import OptimConfig
-    from t5scale.train.partitioning import MeshConfig
-    from t5scale.train.pruning import PruningConfig
-    from t5scale.train.trainer import TrainConfig
-
-    for cls, name in ((DataConfig, "data_config"), (OptimConfig, "optim_config"), (MeshConfig, "mesh_config"),
-                      (TrainConfig, "train_config"), (PruningConfig, "pruning_config"), (EvalConfig, "eval_config")):
-        common.configurable(cls, name)
-
-
 def _parse_run_gin(command: str, gin_files: list[str], bindings: list[str], example: str) -> None:
     if not gin_files:
         raise common.UsageError(f"{command} needs --gin_file=... (e.g. {example}).")
-    _register_configurables()
+    common.register_run_configurables()
     common.parse_gin(gin_files, bindings)
 
 

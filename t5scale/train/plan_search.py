@@ -76,12 +76,16 @@ class SearchRow:
     error: str | None = None
 
 
-def settings(request: PlanRequest) -> list[tuple[str, str, int]]:
-    """(rules, remat, model split) worth trying: model splits that divide the devices and the heads."""
+def settings(request: PlanRequest, only: dict | None = None) -> list[tuple[str, str, int]]:
+    """(rules, remat, model split) worth trying: model splits that divide the devices and the heads; `only` fixes
+    any of "rules", "remat", "model" (None: all)."""
+    only = only or {}
     cfg = request.model_cfg
     splits = [m for m in MODEL_SPLITS if request.devices % m == 0 and cfg.num_heads % m == 0
               and request.devices // m >= request.num_slices]
-    return [(rules, remat.value, model) for rules in RULE_SETS for remat in Remat for model in splits]
+    return [(rules, remat.value, model) for rules in RULE_SETS for remat in Remat for model in splits
+            if only.get("rules") in (None, rules) and only.get("remat") in (None, remat.value)
+            and only.get("model") in (None, model)]
 
 
 def with_setting(request: PlanRequest, rules: str, remat: str, model: int) -> PlanRequest:
@@ -136,9 +140,9 @@ def _verdict(plan: dict, hbm: Hbm) -> str:
 
 
 def search(plan: Callable[[PlanRequest], dict], request: PlanRequest, hbm: Hbm,
-           progress: Callable[[str], None] = lambda line: None) -> list[SearchRow]:
+           progress: Callable[[str], None] = lambda line: None, only: dict | None = None) -> list[SearchRow]:
     rows = []
-    for rules, remat, model in settings(request):
+    for rules, remat, model in settings(request, only):
         progress(f"{request.model_cfg.name}: rules {rules}, remat {remat}, model={model}")
         try:
             batch, best, compiles = largest_batch(plan, with_setting(request, rules, remat, model), hbm, progress)

@@ -95,3 +95,67 @@ def test_a_slice_plan_prints_the_tpu_compilers_numbers(capsys):
         assert label in out
     assert "v4-8: topology v4:2x2x1, 4 chips, 1 host(s), TPU v4; compiled by libtpu" in out
     assert "HBM 32.00 GiB per device (v4-8, TPU v4): fits" in out
+
+
+SWEEP_GIN = """
+SWEEP_DIR = %gin.REQUIRED
+sweep_config.sweep_dir = %SWEEP_DIR
+sweep_config.shapes = ['tiny-nl1-dm64-ff128-nh2', 'tiny-nl2-dm64-ff128-nh2']
+sweep_config.budgets = [{'train_steps': 10}, {'train_steps': 20}]
+sweep_config.run_gin_files = ['runs/demo.gin']
+sweep_config.bindings = ["TASK_FEATURE_LENGTHS={'inputs': 32, 'targets': 8}", 'BATCH_SIZE=6']
+"""
+
+
+def test_a_sweep_is_planned_shape_by_shape_at_its_runs_batch_and_lengths(capsys, tmp_path):
+    from t5scale.analysis.results import add_plan_columns
+    from t5scale.model.flops import count_params, training_flops
+
+    (tmp_path / "sweep.gin").write_text(SWEEP_GIN)
+    csv_path = tmp_path / "plan.csv"
+    code, out, err = run(capsys, "plan", "--sweep", str(tmp_path / "sweep.gin"), "--mesh", "data=2", "--hbm",
+                         "1GiB", "--csv", str(csv_path))
+    assert code == 0, err
+    lines = out.splitlines()
+    assert lines[0].split() == ["shape", "params", "FLOPs/example", "batch", "lengths", "HBM/device", "fits"]
+    shapes = ["tiny-nl1-dm64-ff128-nh2", "tiny-nl2-dm64-ff128-nh2"]  # each once, whatever its budgets
+    assert [line.split()[0] for line in lines[1:]] == shapes
+    assert all(line.split()[3:5] == ["6", "32/8"] and line.split()[-1] == "yes" for line in lines[1:])
+    assert "[1/2] tiny-nl1-dm64-ff128-nh2 at batch 6 ..." in err and f"wrote {csv_path}" in err
+    import csv
+
+    rows = list(csv.DictReader(csv_path.open()))
+    for row, shape in zip(rows, shapes, strict=True):
+        from t5scale import config as config_lib
+
+        cfg = config_lib.shape(shape)
+        assert (row["shape"], int(row["params"]), int(row["batch"]), row["fits"]) == (
+            shape, count_params(cfg).total, 6, "True")
+        assert int(row["training_flops_per_example"]) == training_flops(cfg, 32, 8).total
+        assert int(row["params_per_device"]) == count_params(cfg).total * 4  # t5x rules, model=1: replicated
+    # `t5scale results --plan` joins these columns onto a sweep's rows by shape.
+    joined = add_plan_columns([{"shape": shapes[1], "name": "a"}, {"shape": "other", "name": "b"}], str(csv_path))
+    assert joined[0]["plan_hbm_per_device"] == int(rows[1]["hbm_per_device"]) and joined[0]["plan_fits"] is True
+    assert joined[1]["plan_hbm_per_device"] is None
+
+
+@pytest.mark.slow
+def test_search_finds_the_largest_batch_that_fits(capsys, tmp_path):
+    import json
+
+    flags = ["--mesh", "data=1", "--lengths", "32/8", "--rules", "t5x", "--remat", "none"]
+    totals = {}
+    for batch in (4, 8):
+        code, out, _ = run(capsys, "plan", SHAPE, *flags, "--batch", str(batch), "--json")
+        totals[batch] = json.loads(out)["bytes_per_device"]["total_estimate"]
+    hbm = f"{(totals[4] + totals[8]) // 2}B"
+    code, out, err = run(capsys, "plan", SHAPE, *flags, "--hbm", hbm, "--search", "--batch", "4")
+    assert code == 0, err
+    row = next(line for line in out.splitlines() if line.strip().startswith("t5x"))
+    largest = int(row.split()[3])
+    assert 4 <= largest < 8
+    assert "recommended: rules t5x, remat none, model=1" in out
+    assert err.count("(cached)") >= 2  # the two batches planned above, from the plan cache
+    # The answer, checked plan by plan: the largest batch fits and one more does not.
+    assert run(capsys, "plan", SHAPE, *flags, "--hbm", hbm, "--batch", str(largest))[0] == 0
+    assert run(capsys, "plan", SHAPE, *flags, "--hbm", hbm, "--batch", str(largest + 1))[0] == 1
