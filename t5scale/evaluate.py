@@ -31,12 +31,12 @@ import tensorflow as tf
 from etils import epath
 from jax.experimental import multihost_utils
 
-from t5scale.compress.checkpoint import load_any
 from t5scale.data import metrics as metrics_lib
-from t5scale.data.tasks import get_task_or_mixture
+from t5scale.data.registry import get_task_or_mixture
 from t5scale.model import decoding
 from t5scale.staging import StagedDir
 from t5scale.train.partitioning import MeshConfig, batch_sharding, make_mesh
+from t5scale.weights.load import load_any
 
 # T5's benchmark scores; each is reported only when every task it averages was evaluated.
 BENCHMARKS = {"glue_average": metrics_lib.GLUE_AVERAGE_TASKS,

@@ -9,14 +9,15 @@ import seqio
 import tensorflow_datasets as tfds
 
 from t5scale.cli.main import main as cli_main
-from t5scale.compress.checkpoint import load_any, save_compressed
+from t5scale.compress.checkpoint import save_compressed
 from t5scale.compress.compressed import compress_params
 from t5scale.compress.settings import Setting
 from t5scale.data import finetune_tasks as ft
 from t5scale.data import metrics as metrics_lib
-from t5scale.data import vocab
+from t5scale.data import registry, vocab
 from t5scale.evaluate import EvalConfig, benchmark_averages, evaluate, format_table
 from t5scale.model.layout import flat_params
+from t5scale.weights.load import load_any
 from tests.train.run_training import run
 
 OFFLINE = "_offline"
@@ -27,7 +28,7 @@ LENGTHS = "{'inputs': 64, 'targets': 16}"
 
 @pytest.fixture(scope="module")
 def mixture():
-    names = [ft.copy_with_vocabulary(task, vocab.embedded_vocabulary(), OFFLINE) for task in TASKS]
+    names = [registry.copy_with_vocabulary(task, vocab.embedded_vocabulary(), OFFLINE) for task in TASKS]
     if MIXTURE not in seqio.MixtureRegistry.names():
         seqio.MixtureRegistry.add(MIXTURE, [(name, 1.0) for name in names])
     return names

@@ -40,7 +40,8 @@ def compress(args, gin_files, bindings) -> list[dict]:
     from t5scale.compress.plot import plot_accuracy_vs_bytes
     from t5scale.compress.settings import parse_setting
     from t5scale.compress.study import StudyConfig, format_table, run_study
-    from t5scale.data.tasks import get_task_or_mixture, remote_inputs
+    from t5scale.data.registry import get_task_or_mixture
+    from t5scale.data.tasks import remote_inputs
 
     if gin_files or bindings:
         raise common.UsageError("compress takes no gin flags: the shapes come from the checkpoints' config.json; "

@@ -15,7 +15,8 @@ from t5scale.cli import common
 
 @common.command("eval", "metrics of a checkpoint on tasks (--gin_file=runs/eval.gin --gin.CHECKPOINT_PATH=...)")
 def evaluate(args, gin_files, bindings) -> dict:
-    from t5scale.data.tasks import get_task_or_mixture, remote_inputs
+    from t5scale.data.registry import get_task_or_mixture
+    from t5scale.data.tasks import remote_inputs
     from t5scale.evaluate import EvalConfig, format_table
     from t5scale.evaluate import evaluate as evaluate_checkpoint
     from t5scale.train import distributed

@@ -73,7 +73,8 @@ def _task_evaluator(data_cfg, train_cfg):
 
 def run_training(model_cfg: ModelConfig) -> dict:
     """Train with the parsed gin configuration; every gs:// path is checked before anything is written."""
-    from t5scale.data.tasks import get_task_or_mixture, remote_inputs
+    from t5scale.data.registry import get_task_or_mixture
+    from t5scale.data.tasks import remote_inputs
     from t5scale.train import distributed
     from t5scale.train.trainer import train as train_loop
 

@@ -31,7 +31,7 @@ fallback) instead of T5's assertion plus two hard-coded example texts; SQuAD's s
 (the same tokens, no trailing space).
 
 `embedded_sst2` is an offline stand-in for glue/sst2 (see `demo_examples`). T5's vocabulary cannot be fetched
-offline; `copy_with_vocabulary` registers a copy of any task or mixture with another vocabulary.
+offline; `registry.copy_with_vocabulary` registers a copy of any task or mixture with another vocabulary.
 """
 
 from __future__ import annotations
@@ -384,22 +384,3 @@ def _register() -> None:
 
 
 register_finetune_tasks = functools.cache(_register)
-
-
-def copy_with_vocabulary(name: str, vocabulary: seqio.Vocabulary, suffix: str) -> str:
-    """Registers `name + suffix`: the task or mixture `name` (a mixture's subtasks too, each renamed with the
-    same suffix) with the same source, preprocessors, postprocessor, metrics and rates, but `vocabulary` for
-    every feature. Returns the new name; a name already registered is returned as it is.
-    """
-    new_name = name + suffix
-    if new_name in seqio.TaskRegistry.names() or new_name in seqio.MixtureRegistry.names():
-        return new_name
-    provider = tasks.get_task_or_mixture(name)
-    if isinstance(provider, seqio.Mixture):
-        rates = [(copy_with_vocabulary(sub, vocabulary, suffix), rate)
-                 for sub, rate in provider.rate_per_task_name.items()]
-        seqio.MixtureRegistry.add(new_name, rates)
-    else:
-        features = {k: dataclasses.replace(f, vocabulary=vocabulary) for k, f in provider.output_features.items()}
-        seqio.TaskRegistry.add_provider(new_name, provider.replace(name=new_name, output_features=features))
-    return new_name

@@ -23,7 +23,7 @@ import seqio
 import tensorflow as tf
 from etils import epath
 
-from t5scale.data.tasks import get_task_or_mixture
+from t5scale.data.registry import get_task_or_mixture
 from t5scale.staging import StagedDir
 
 

@@ -4,7 +4,7 @@
   gin files work unchanged.
 - `embedded_span_corruption`: the embedded corpus with the embedded vocabulary; no download, for demos and tests.
 
-Tasks register on first use (`get_task`), since the embedded vocabulary may need training first.
+Tasks register on first use (`t5scale.data.registry`), since the embedded vocabulary may need training first.
 """
 
 from __future__ import annotations
@@ -77,22 +77,9 @@ def _register() -> None:
             output_features=output_features(vocab.embedded_vocabulary()),
             metric_fns=[],
         )
-    from t5scale.data.finetune_tasks import register_finetune_tasks  # here: that module imports this one
-    register_finetune_tasks()
 
 
 register_tasks = functools.cache(_register)
-
-
-def get_task_or_mixture(name: str) -> seqio.Task | seqio.Mixture:
-    """A registered seqio task or mixture by name; an unknown name lists the registered ones."""
-    register_tasks()
-    if name in seqio.TaskRegistry.names():
-        return seqio.TaskRegistry.get(name)
-    if name in seqio.MixtureRegistry.names():
-        return seqio.MixtureRegistry.get(name)
-    known = sorted([*seqio.TaskRegistry.names(), *seqio.MixtureRegistry.names()])
-    raise ValueError(f"Unknown task or mixture {name!r}. Registered: {', '.join(known)}.")
 
 
 def remote_inputs(provider: seqio.Task | seqio.Mixture, tfds_data_dir: str | None = None) -> list[storage.Remote]:

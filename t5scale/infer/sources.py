@@ -44,7 +44,7 @@ def task_source(name: str, split: str, lengths: dict[str, int] | None) -> Source
     """A seqio task's (or a mixture's tasks') `split`, unshuffled, preprocessed and tokenized by the task."""
     import seqio
 
-    from t5scale.data.tasks import get_task_or_mixture
+    from t5scale.data.registry import get_task_or_mixture
 
     provider = get_task_or_mixture(name)  # an unknown name lists the registered ones
     mixture = isinstance(provider, seqio.Mixture)

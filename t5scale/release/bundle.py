@@ -31,7 +31,7 @@ from t5scale.release import card
 
 PARAMS, CONFIG, VOCAB, METRICS, CARD = "params.safetensors", "config.json", "sentencepiece.model", "metrics.json", \
     "README.md"
-COMPRESSION = "compression.json"  # in a compressed checkpoint (t5scale.compress.checkpoint)
+COMPRESSION = "compression.json"  # in a compressed checkpoint (t5scale.weights.load)
 RECORDS = ("config.json", "config.gin", "metrics.jsonl", "eval.jsonl", "train_end.json")
 TRAINING, WARM_START = "training", "warm_start"
 DTYPES = ("float32", "bfloat16")
@@ -60,8 +60,8 @@ class Source:
 
 
 def resolve_source(checkpoint: str) -> Source:
-    from t5scale.compress.checkpoint import is_compressed
     from t5scale.train.checkpoints import resolve_checkpoint
+    from t5scale.weights.load import is_compressed
 
     if is_compressed(checkpoint):
         folder = epath.Path(checkpoint)
@@ -95,7 +95,7 @@ def vocabulary_source(source: Source, given: str | None) -> tuple[str, int]:
     if not task_name:
         raise ValueError(f"Cannot tell which vocabulary {source.path} was trained with (no task in its run's "
                          "config.json); pass --vocabulary PATH to its sentencepiece model.")
-    from t5scale.data.tasks import get_task_or_mixture
+    from t5scale.data.registry import get_task_or_mixture
 
     try:
         provider = get_task_or_mixture(task_name)

@@ -6,7 +6,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from t5scale.data import finetune_tasks as ft
-from t5scale.data import tasks, vocab
+from t5scale.data import registry, vocab
 
 LENGTHS = {"inputs": 64, "targets": 16}
 OFFLINE = "_offline"  # suffix of the copies with the embedded vocabulary
@@ -20,7 +20,7 @@ def no_tfds_split_sizes(monkeypatch):
 
 
 def offline_copy(name):
-    return tasks.get_task_or_mixture(ft.copy_with_vocabulary(name, vocab.embedded_vocabulary(), OFFLINE))
+    return registry.get_task_or_mixture(registry.copy_with_vocabulary(name, vocab.embedded_vocabulary(), OFFLINE))
 
 
 def first_examples(task, split, count=2):
@@ -59,7 +59,7 @@ def test_tasks_use_t5s_tfds_names_and_versions():
     assert TASKS["super_glue_record_v102"].tfds_name == "super_glue/record:1.0.2"
     assert TASKS["super_glue_wsc_v102_simple_eval"].tfds_name == "super_glue/wsc.fixed:1.0.2"
     assert TASKS[ft.SQUAD].tfds_name == "squad/v1.1:3.0.0"
-    registered = tasks.get_task_or_mixture("glue_cola_v002")
+    registered = registry.get_task_or_mixture("glue_cola_v002")
     assert registered.output_features["targets"].vocabulary.sentencepiece_model_file == vocab.T5_VOCAB_PATH
 
 
@@ -73,7 +73,7 @@ def test_mnli_reads_its_matched_and_mismatched_validation_splits(no_tfds_split_s
             assert examples[0]["inputs_pretokenized"].startswith(b"mnli hypothesis: ")
         with pytest.raises(KeyError, match="validation"):
             first_examples(mnli, "validation")
-    assert tasks.get_task_or_mixture("glue_mnli_matched_v002").splits == ("validation", "test")
+    assert registry.get_task_or_mixture("glue_mnli_matched_v002").splits == ("validation", "test")
 
 
 # =================================== T5's text formats ============================================
@@ -249,15 +249,15 @@ def evaluate(name):
 def test_seqio_evaluator_scores_perfect_predictions_at_100(no_tfds_split_sizes):
     assert evaluate(ft.EMBEDDED_SST2) == {"accuracy": 100.0}
     with tfds.testing.mock_data(num_examples=20):
-        assert evaluate(ft.copy_with_vocabulary(ft.SQUAD, vocab.embedded_vocabulary(), OFFLINE)) == {
-            "em": 100.0, "f1": 100.0}
-        assert evaluate(ft.copy_with_vocabulary("super_glue_record_v102", vocab.embedded_vocabulary(), OFFLINE)) == {
-            "em": 100.0, "f1": 100.0}
-        assert evaluate(ft.copy_with_vocabulary("super_glue_multirc_v102", vocab.embedded_vocabulary(), OFFLINE)) == {
-            "f1": 100.0, "exact_match": 100.0}
+        def offline(name):
+            return registry.copy_with_vocabulary(name, vocab.embedded_vocabulary(), OFFLINE)
+
+        assert evaluate(offline(ft.SQUAD)) == {"em": 100.0, "f1": 100.0}
+        assert evaluate(offline("super_glue_record_v102")) == {"em": 100.0, "f1": 100.0}
+        assert evaluate(offline("super_glue_multirc_v102")) == {"f1": 100.0, "exact_match": 100.0}
         # WSC scores whether the model named the candidate, against whether the candidate is the referent.
-        wsc = ft.copy_with_vocabulary("super_glue_wsc_v102_simple_eval", vocab.embedded_vocabulary(), OFFLINE)
-        labels = [e["label"] for e in first_examples(tasks.get_task_or_mixture(wsc), "validation", count=20)]
+        wsc = registry.copy_with_vocabulary("super_glue_wsc_v102_simple_eval", vocab.embedded_vocabulary(), OFFLINE)
+        labels = [e["label"] for e in first_examples(registry.get_task_or_mixture(wsc), "validation", count=20)]
         assert evaluate(wsc) == {"accuracy": pytest.approx(100 * np.mean(np.array(labels) == 1))}
         assert 0 < np.mean(labels) < 1
 
@@ -272,7 +272,7 @@ SUPER_GLUE = {"super_glue_boolq_v102", "super_glue_cb_v102", "super_glue_copa_v1
 
 
 def task_names(mixture_name):
-    return {task.name for task in tasks.get_task_or_mixture(mixture_name).tasks}
+    return {task.name for task in registry.get_task_or_mixture(mixture_name).tasks}
 
 
 def test_mixtures_hold_t5s_tasks():
@@ -286,7 +286,7 @@ def test_mixture_rates_are_training_set_sizes_and_zero_for_evaluation_only_tasks
              "squad/v1.1:3.0.0": 87_599}
     monkeypatch.setattr(seqio.TfdsDataSource, "num_input_examples",
                         lambda self, split: sizes[self.tfds_dataset.name] if split == "train" else 1)
-    glue, everything = tasks.get_task_or_mixture(ft.GLUE_MIXTURE), tasks.get_task_or_mixture(ft.ALL_MIXTURE)
+    glue, everything = registry.get_task_or_mixture(ft.GLUE_MIXTURE), registry.get_task_or_mixture(ft.ALL_MIXTURE)
     rate = lambda mixture, name: mixture.get_rate(seqio.TaskRegistry.get(name))
     assert rate(glue, "glue_cola_v002") == 8_551
     assert rate(glue, "glue_rte_v002") == 2_490
@@ -302,10 +302,10 @@ def test_mixture_rates_are_training_set_sizes_and_zero_for_evaluation_only_tasks
 
 def test_copy_with_vocabulary_keeps_everything_but_the_vocabulary_and_is_idempotent():
     embedded = vocab.embedded_vocabulary()
-    name = ft.copy_with_vocabulary("glue_stsb_v002", embedded, OFFLINE)
+    name = registry.copy_with_vocabulary("glue_stsb_v002", embedded, OFFLINE)
     assert name == "glue_stsb_v002" + OFFLINE
-    assert ft.copy_with_vocabulary("glue_stsb_v002", embedded, OFFLINE) == name
-    original, copy = tasks.get_task_or_mixture("glue_stsb_v002"), tasks.get_task_or_mixture(name)
+    assert registry.copy_with_vocabulary("glue_stsb_v002", embedded, OFFLINE) == name
+    original, copy = registry.get_task_or_mixture("glue_stsb_v002"), registry.get_task_or_mixture(name)
     assert copy.source is original.source and copy.preprocessors == original.preprocessors
     assert copy.postprocessor is original.postprocessor and copy.metric_fns == original.metric_fns
     assert all(f.vocabulary == embedded and f.add_eos for f in copy.output_features.values())
@@ -313,8 +313,8 @@ def test_copy_with_vocabulary_keeps_everything_but_the_vocabulary_and_is_idempot
 
 
 def test_copy_of_a_mixture_copies_its_subtasks_with_their_rates():
-    name = ft.copy_with_vocabulary(ft.SUPER_GLUE_MIXTURE, vocab.embedded_vocabulary(), OFFLINE)
-    original, copy = tasks.get_task_or_mixture(ft.SUPER_GLUE_MIXTURE), tasks.get_task_or_mixture(name)
+    name = registry.copy_with_vocabulary(ft.SUPER_GLUE_MIXTURE, vocab.embedded_vocabulary(), OFFLINE)
+    original, copy = registry.get_task_or_mixture(ft.SUPER_GLUE_MIXTURE), registry.get_task_or_mixture(name)
     assert task_names(name) == {n + OFFLINE for n in SUPER_GLUE}
     assert copy.rate_per_task_name == {n + OFFLINE: r for n, r in original.rate_per_task_name.items()}
     assert all(t.output_features["targets"].vocabulary == vocab.embedded_vocabulary() for t in copy.tasks)
@@ -325,7 +325,7 @@ def test_copy_of_a_mixture_copies_its_subtasks_with_their_rates():
 
 def test_demo_examples_have_glue_sst2s_schema():
     sst2 = tfds.builder("glue/sst2:1.0.0", try_gcs=False).info.features
-    dataset = tasks.get_task_or_mixture(ft.EMBEDDED_SST2).source.get_dataset("train")
+    dataset = registry.get_task_or_mixture(ft.EMBEDDED_SST2).source.get_dataset("train")
     assert {k: spec.dtype for k, spec in dataset.element_spec.items()} == {k: sst2[k].tf_dtype for k in sst2.keys()}
 
 
@@ -343,7 +343,7 @@ def test_demo_labels_are_the_keyword_rule_and_roughly_balanced():
 
 
 def test_demo_task_is_formatted_and_scored_like_sst2():
-    demo, sst2 = tasks.get_task_or_mixture(ft.EMBEDDED_SST2), tasks.get_task_or_mixture("glue_sst2_v002")
+    demo, sst2 = registry.get_task_or_mixture(ft.EMBEDDED_SST2), registry.get_task_or_mixture("glue_sst2_v002")
     assert demo.preprocessors[0].func is sst2.preprocessors[0].func
     assert demo.preprocessors[0].keywords == sst2.preprocessors[0].keywords
     assert demo.postprocessor.keywords == sst2.postprocessor.keywords and demo.metric_fns == sst2.metric_fns
@@ -361,7 +361,7 @@ def bag_of_tokens(task, split):
 
 
 def test_demo_labels_are_learnable_from_the_input_tokens():
-    demo = tasks.get_task_or_mixture(ft.EMBEDDED_SST2)
+    demo = registry.get_task_or_mixture(ft.EMBEDDED_SST2)
     classifier = sklearn.linear_model.LogisticRegression(C=10.0, max_iter=1000)
     classifier.fit(*bag_of_tokens(demo, "train"))
     assert classifier.score(*bag_of_tokens(demo, "validation")) >= 0.9

@@ -4,7 +4,7 @@ import pytest
 import seqio
 import tensorflow_datasets as tfds
 
-from t5scale.data import span_corruption, tasks, vocab
+from t5scale.data import registry, span_corruption, tasks, vocab
 from t5scale.data.pipeline import DataConfig, DataNotFoundError, make_dataset
 
 LENGTHS = {"inputs": 64, "targets": 20}
@@ -16,7 +16,7 @@ def first_examples(task, count, split="train"):
 
 
 def test_embedded_task_gives_span_corrupted_examples_with_eos():
-    task = tasks.get_task_or_mixture(tasks.EMBEDDED_SPAN_CORRUPTION)
+    task = registry.get_task_or_mixture(tasks.EMBEDDED_SPAN_CORRUPTION)
     size = task.output_features["targets"].vocabulary.vocab_size
     for example in first_examples(task, 5):
         inputs, targets = example["inputs"], example["targets"]
@@ -33,7 +33,7 @@ def test_embedded_task_gives_span_corrupted_examples_with_eos():
 
 
 def test_c4_task_is_t5s_definition():
-    task = tasks.get_task_or_mixture(tasks.C4_SPAN_CORRUPTION)
+    task = registry.get_task_or_mixture(tasks.C4_SPAN_CORRUPTION)
     assert isinstance(task.source, seqio.TfdsDataSource)
     assert task.source.tfds_dataset.name == "c4/en:2.2.0"
     assert task.output_features["targets"].vocabulary.sentencepiece_model_file == vocab.T5_VOCAB_PATH
@@ -42,7 +42,7 @@ def test_c4_task_is_t5s_definition():
 def test_c4_task_reads_tfds_through_its_real_source(monkeypatch):
     """Mocked TFDS data through the C4 task's own source and preprocessors. T5's vocabulary cannot be fetched
     here, so the copy swaps in the embedded one; TFDS's mock has no split sizes, so seqio's size lookup is off."""
-    c4 = tasks.get_task_or_mixture(tasks.C4_SPAN_CORRUPTION)
+    c4 = registry.get_task_or_mixture(tasks.C4_SPAN_CORRUPTION)
     offline = seqio.Task("c4_offline_copy", source=c4.source, preprocessors=c4.preprocessors,
                          output_features=tasks.output_features(vocab.embedded_vocabulary()))
     monkeypatch.setattr(seqio.TfdsDataSource, "num_input_examples", lambda self, split: None)
@@ -63,4 +63,4 @@ def test_missing_tfds_data_names_the_dataset_and_the_data_dir(tmp_path):
 
 def test_unknown_task_lists_the_registered_ones():
     with pytest.raises(ValueError, match=r"Unknown task or mixture 'c4_span'.*c4_v220_span_corruption"):
-        tasks.get_task_or_mixture("c4_span")
+        registry.get_task_or_mixture("c4_span")
