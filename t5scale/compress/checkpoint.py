@@ -1,14 +1,8 @@
-"""Compressed checkpoints on disk (local or gs://), and loading a model from either kind of checkpoint.
+"""Compressed checkpoints written to disk (local or gs://), and their bytes. Reading them back (`load_any`,
+`read_compressed`) and the folder's layout are `t5scale.weights.load`'s: below `evaluate`, which reads them too.
 
-A compressed checkpoint is a folder:
-    params.safetensors   the arrays of `t5scale.compress.compressed` (codes, scales, bitmasks, float tensors) and, in
-                         the header's metadata, the layout that says how each parameter is stored
-    config.json          {"model": ModelConfig fields}, as in a MODEL_DIR, so the shape is known
-    compression.json     the setting, the source checkpoint and its step; written last: it marks a complete folder
 safetensors stores raw little-endian bytes after a JSON header, uncompressed, so the bytes on disk are the arrays'
 bytes plus a header; the float32 baseline is written the same way (`Setting(bits=None)`).
-
-    model, checkpoint, step = load_any("runs/ft")             # MODEL_DIR, checkpoint_<N>, or a compressed folder
 """
 
 from __future__ import annotations
@@ -19,17 +13,9 @@ import numpy as np
 from etils import epath
 from safetensors import numpy as safetensors_numpy
 
-from t5scale.compress.compressed import decompress_params
 from t5scale.compress.settings import Setting
 from t5scale.config import ModelConfig
-
-PARAMS, CONFIG, COMPRESSION = "params.safetensors", "config.json", "compression.json"
-FORMAT = "t5scale-compressed-v1"
-_LAYOUT_KEY = "t5scale_layout"
-
-
-def is_compressed(path: str) -> bool:
-    return (epath.Path(path) / COMPRESSION).exists()
+from t5scale.weights.load import COMPRESSION, CONFIG, FORMAT, LAYOUT_KEY, PARAMS
 
 
 def save_compressed(directory: str, cfg: ModelConfig, tensors: dict[str, np.ndarray], layout: dict,
@@ -38,7 +24,7 @@ def save_compressed(directory: str, cfg: ModelConfig, tensors: dict[str, np.ndar
     directory.mkdir(parents=True, exist_ok=True)
     (directory / COMPRESSION).unlink(missing_ok=True)  # incomplete until rewritten below
     arrays = {name: np.ascontiguousarray(value) for name, value in tensors.items()}
-    (directory / PARAMS).write_bytes(safetensors_numpy.save(arrays, metadata={_LAYOUT_KEY: json.dumps(layout)}))
+    (directory / PARAMS).write_bytes(safetensors_numpy.save(arrays, metadata={LAYOUT_KEY: json.dumps(layout)}))
     (directory / CONFIG).write_text(json.dumps({"model": cfg.to_dict()}, indent=1) + "\n")
     (directory / COMPRESSION).write_text(json.dumps(
         {"format": FORMAT, "setting": setting.to_dict(), "source": str(source), "step": step}, indent=1) + "\n")
@@ -50,49 +36,3 @@ def stored_bytes(directory: str) -> dict[str, int]:
     directory = epath.Path(directory)
     sizes = {p.name: p.stat().length for p in directory.iterdir() if p.is_file()}
     return {"params": sizes[PARAMS], "total": sum(sizes.values())}
-
-
-def read_compressed(directory: str) -> tuple[ModelConfig, dict[str, np.ndarray], dict]:
-    """(model config, float32 flat params dequantized, compression.json) of a compressed checkpoint."""
-    directory = epath.Path(directory)
-    info = json.loads((directory / COMPRESSION).read_text())
-    if info.get("format") != FORMAT:
-        raise ValueError(f"{directory} holds compressed format {info.get('format')!r}; this t5scale reads {FORMAT}.")
-    data = (directory / PARAMS).read_bytes()
-    tensors = safetensors_numpy.load(data)
-    layout = json.loads(_metadata(data)[_LAYOUT_KEY])
-    cfg = ModelConfig.from_dict(json.loads((directory / CONFIG).read_text())["model"])
-    return cfg, decompress_params(tensors, layout), info
-
-
-def _metadata(data: bytes) -> dict[str, str]:
-    """The `__metadata__` of a safetensors file's header (8-byte little-endian length, then JSON)."""
-    length = int.from_bytes(data[:8], "little")
-    return json.loads(data[8:8 + length])["__metadata__"]
-
-
-def model_from_flat(cfg: ModelConfig, flat: dict[str, np.ndarray]):
-    from t5scale import abstract_model
-    from t5scale.model.layout import load_flat_params
-
-    model = abstract_model(cfg)
-    load_flat_params(model, flat)
-    return model
-
-
-def load_any(path: str, *, mesh=None, rules: str = "t5x", **config_changes):
-    """(T5, checkpoint path, step) from a compressed folder (weights dequantized to float32) or a t5scale checkpoint
-    (`MODEL_DIR/checkpoint_<N>` or a MODEL_DIR: its newest). With a `mesh`, the parameters come back placed on it by
-    the `rules`; a t5scale checkpoint is then read shard by shard, each host the shards its devices hold.
-    `config_changes` as in `load_model` (dtype, dropout)."""
-    from t5scale.train.checkpoints import load_model
-    from t5scale.train.partitioning import place_on_mesh
-
-    if is_compressed(path):
-        cfg, flat, info = read_compressed(path)
-        model = model_from_flat(cfg.replace(**config_changes), flat)
-        if mesh is not None:
-            place_on_mesh(model, mesh, rules)
-        return model, epath.Path(path), int(info["step"])
-    model, checkpoint = load_model(path, mesh=mesh, rules=rules, **config_changes)
-    return model, checkpoint, int(checkpoint.name.removeprefix("checkpoint_"))

@@ -1,13 +1,8 @@
-"""A model's flat parameters compressed by one Setting into the arrays that get stored, and back to float32.
+"""A model's flat parameters compressed by one Setting into the arrays that get stored. Back to float32 is
+`t5scale.weights.compressed_format.decompress_params`, whose doc lists what `tensors` and `layout` hold.
 
     tensors, layout = compress_params(flat_params(model), Setting(bits=4, sparsity=0.5))
-    approx = decompress_params(tensors, layout)       # same names and shapes as flat_params(model), float32
 
-For each parameter `name`, `layout[name]` says how it is stored, and `tensors` holds:
-- kept float:  `name`                          float32, as it was
-- quantized:   `name/codes`, `name/scale`      codes packed two (4-bit) or four (2-bit) to a byte; int8 otherwise
-- pruned:      + `name/mask`                   a bitmask, and the codes (or float32 `name/values`) of kept weights
-                                                only, in row-major order
 Pruning comes first, then quantization of what is left: pruned weights are zeros when the scale is computed, so
 they never set it.
 """
@@ -16,13 +11,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from t5scale.compress import packing
 from t5scale.compress.prune import magnitude_masks
-from t5scale.compress.quantize import dequantize, quantize
+from t5scale.compress.quantize import quantize
 from t5scale.compress.settings import Setting
 from t5scale.model.kernels import kernel_spec
-
-FLOAT, QUANTIZED, PRUNED = "float", "quantized", "pruned"  # the layout's kinds; PRUNED: sparse, still float
+from t5scale.weights import packing
+from t5scale.weights.compressed_format import FLOAT, PRUNED, QUANTIZED
 
 
 def selected(flat: dict[str, np.ndarray], setting: Setting) -> list[str]:
@@ -68,25 +62,3 @@ def compress_params(flat: dict[str, np.ndarray], setting: Setting) -> tuple[dict
             tensors[f"{name}/scale"] = scale
         layout[name] = entry
     return tensors, layout
-
-
-def decompress_params(tensors: dict[str, np.ndarray], layout: dict) -> dict[str, np.ndarray]:
-    """(tensors, layout) of `compress_params` -> float32 flat params, pruned weights 0."""
-    return {name: _decompress(name, entry, tensors) for name, entry in layout.items()}
-
-
-def _decompress(name: str, entry: dict, tensors: dict[str, np.ndarray]) -> np.ndarray:
-    if entry["kind"] == FLOAT:
-        return np.asarray(tensors[name], np.float32)
-    shape = tuple(entry["shape"])
-    mask = packing.unpack_mask(tensors[f"{name}/mask"], shape) if f"{name}/mask" in tensors else None
-    if entry["kind"] == PRUNED:
-        out = np.zeros(shape, np.float32)
-        out[mask] = tensors[f"{name}/values"]
-        return out
-    count = int(mask.sum()) if mask is not None else int(np.prod(shape))
-    kept = packing.unpack_codes(tensors[f"{name}/codes"], entry["bits"], count)
-    codes = kept.reshape(shape) if mask is None else np.zeros(shape, np.int8)
-    if mask is not None:
-        codes[mask] = kept
-    return dequantize(codes, tensors[f"{name}/scale"])

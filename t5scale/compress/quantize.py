@@ -2,6 +2,7 @@
 
     codes, scale = quantize(kernel, bits=4, contracting_axes=(0,))   # per output channel
     approx = dequantize(codes, scale)                                  # float32, |kernel - approx| <= scale / 2
+(`dequantize` is `t5scale.weights.compressed_format`'s: reading a checkpoint needs it, not qwix.)
 
 qwix's convention: scale = max|w| / (2^(b-1) - 1/2) over the reduced axes, codes = round(w / scale) clipped to
 [-2^(b-1), 2^(b-1) - 1]. The extra half step lets the largest weights use the outermost codes fully (at 2 bits that
@@ -63,12 +64,3 @@ def _qwix_quantize(w: jax.Array, bits: int, channelwise: tuple[int, ...], tiled:
     # One compiled program per shape and setting: run eagerly, qwix's dozen small ops each compile on their own.
     q = qwix.quantize(w, _QTYPES[bits], channelwise_axes=channelwise, tiled_axes=dict(tiled) or None)
     return q.qvalue, q.scale
-
-
-def dequantize(codes: np.ndarray, scale: np.ndarray) -> np.ndarray:
-    """Codes [..] and a scale of the same rank whose every axis divides the codes' one -> float32 weights."""
-    expanded = scale
-    for axis, (n, s) in enumerate(zip(codes.shape, scale.shape)):
-        if s != n and s != 1:
-            expanded = np.repeat(expanded, n // s, axis=axis)
-    return codes.astype(np.float32) * expanded

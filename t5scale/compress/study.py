@@ -20,11 +20,12 @@ from typing import Mapping
 
 from etils import epath
 
-from t5scale.compress.checkpoint import COMPRESSION, is_compressed, load_any, save_compressed, stored_bytes
+from t5scale.compress.checkpoint import save_compressed, stored_bytes
 from t5scale.compress.compressed import check_fits, compress_params
 from t5scale.compress.settings import BASELINE, Setting
 from t5scale.model.flops import count_params
 from t5scale.model.layout import flat_params
+from t5scale.weights.load import COMPRESSION, is_compressed, load_any
 
 COLUMNS = ("model", "params", "setting", "bits", "sparsity", "groups", "params_bytes", "total_bytes", "bytes_ratio",
            "score", "metrics", "path")

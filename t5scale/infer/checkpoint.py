@@ -33,7 +33,7 @@ def load_for_inference(path: str, *, mesh=None, rules: str = "t5x", vocabulary: 
         if vocab is None and need_vocabulary:
             raise ValueError(f"{path} carries no vocabulary; pass --vocabulary PATH to its sentencepiece model.")
     else:
-        from t5scale.compress.checkpoint import load_any
+        from t5scale.weights.load import load_any
 
         model, _, step = load_any(path, mesh=mesh, rules=rules)
         vocab = _checkpoint_vocabulary(path, vocabulary) if need_vocabulary or vocabulary else None
@@ -45,8 +45,8 @@ def load_for_inference(path: str, *, mesh=None, rules: str = "t5x", vocabulary: 
 
 
 def _is_t5scale_checkpoint(path: str) -> bool:
-    from t5scale.compress.checkpoint import is_compressed
     from t5scale.train.checkpoints import resolve_checkpoint
+    from t5scale.weights.load import is_compressed
 
     try:
         return is_compressed(path) or bool(resolve_checkpoint(path))

@@ -35,7 +35,7 @@ def load(path: str | os.PathLike, *, vocabulary: str | None = None) -> LoadedMod
     folder = epath.Path(path)
     if (folder / MANIFEST).exists():
         return _load_release(folder, vocabulary)
-    from t5scale.compress.checkpoint import is_compressed
+    from t5scale.weights.load import is_compressed
 
     if not is_compressed(path) and any((folder / name).exists() for name in (bundle.PARAMS, bundle.VOCAB)):
         raise FileNotFoundError(f"{path} is an incomplete release: it has no {MANIFEST} (its upload is still under "
@@ -110,10 +110,10 @@ def _read_params(path: pathlib.Path, *, compressed: bool) -> dict[str, np.ndarra
         metadata = f.metadata() or {}
         tensors = {name: np.asarray(f.get_tensor(name)) for name in f.keys()}
     if compressed:
-        from t5scale.compress.checkpoint import _LAYOUT_KEY
-        from t5scale.compress.compressed import decompress_params
+        from t5scale.weights.compressed_format import decompress_params
+        from t5scale.weights.load import LAYOUT_KEY
 
-        return decompress_params(tensors, json.loads(metadata[_LAYOUT_KEY]))
+        return decompress_params(tensors, json.loads(metadata[LAYOUT_KEY]))
     return {name: value.astype(np.float32) for name, value in tensors.items()}
 
 
@@ -166,7 +166,7 @@ def _load_huggingface(folder: epath.Path, vocabulary: str | None) -> LoadedModel
 
 
 def _load_checkpoint(path: str, vocabulary: str | None) -> LoadedModel:
-    from t5scale.compress.checkpoint import load_any
+    from t5scale.weights.load import load_any
 
     try:
         source = bundle.resolve_source(path)

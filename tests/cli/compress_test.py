@@ -9,7 +9,7 @@ import pytest
 
 from t5scale.cli import common
 from t5scale.cli.main import main
-from t5scale.compress.checkpoint import PARAMS
+from t5scale.weights.load import PARAMS
 from tests.compress.models import save_checkpoint
 from tests.testing import random_model, tiny_config
 

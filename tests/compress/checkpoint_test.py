@@ -11,19 +11,13 @@ import jax
 import numpy as np
 import pytest
 
-from t5scale.compress.checkpoint import (
-    PARAMS,
-    is_compressed,
-    load_any,
-    model_from_flat,
-    read_compressed,
-    save_compressed,
-    stored_bytes,
-)
-from t5scale.compress.compressed import compress_params, decompress_params
+from t5scale.compress.checkpoint import save_compressed, stored_bytes
+from t5scale.compress.compressed import compress_params
 from t5scale.compress.settings import BASELINE, Setting
 from t5scale.model.kernels import kernel_spec
 from t5scale.model.layout import flat_params
+from t5scale.weights.compressed_format import decompress_params
+from t5scale.weights.load import PARAMS, is_compressed, load_any, model_from_flat, read_compressed
 from tests.compress.models import copy_batch, save_checkpoint, trained_tiny_flat
 from tests.testing import REPO, forward, random_model, random_tokens, tiny_config
 
@@ -82,7 +76,7 @@ def test_bytes_on_disk_are_the_codes_the_scales_and_the_header_for_each_width(tm
 FRESH_PROCESS = """
 import sys
 import numpy as np
-from t5scale.compress.checkpoint import load_any
+from t5scale.weights.load import load_any
 from tests.testing import forward
 tokens = np.load(sys.argv[1])
 for i, folder in enumerate(sys.argv[2:]):
@@ -160,7 +154,7 @@ import json, sys, jax, numpy as np, tensorstore as ts
 from flax import nnx
 from t5scale.train import distributed
 from t5scale.train.partitioning import MeshConfig, make_mesh
-from t5scale.compress.checkpoint import load_any
+from t5scale.weights.load import load_any
 distributed.maybe_initialize()
 mesh = make_mesh(MeshConfig(data=2, model=4))
 before = {m["name"]: m["values"][0]["value"] for m in ts.experimental_collect_matching_metrics(

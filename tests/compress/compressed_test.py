@@ -7,13 +7,14 @@ import optax
 import pytest
 
 from t5scale import abstract_model
-from t5scale.compress.checkpoint import model_from_flat
-from t5scale.compress.compressed import FLOAT, PRUNED, QUANTIZED, compress_params, decompress_params
+from t5scale.compress.compressed import compress_params
 from t5scale.compress.prune import magnitude_masks
-from t5scale.compress.quantize import dequantize, quantize
+from t5scale.compress.quantize import quantize
 from t5scale.compress.settings import Setting
 from t5scale.model.kernels import kernel_spec
 from t5scale.model.layout import flat_params, load_flat_params
+from t5scale.weights.compressed_format import FLOAT, PRUNED, QUANTIZED, decompress_params, dequantize
+from t5scale.weights.load import model_from_flat
 from tests.compress.models import TRAIN_BATCHES, copy_batch, trained_tiny_flat
 from tests.testing import forward, random_model, tiny_config
 

@@ -5,12 +5,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from t5scale.compress.checkpoint import model_from_flat
-from t5scale.compress.compressed import compress_params, decompress_params
+from t5scale.compress.compressed import compress_params
 from t5scale.compress.inference import NarrowWeight, keep_weights_narrow
 from t5scale.compress.settings import Setting
 from t5scale.model.decoding import greedy_decode
 from t5scale.model.layout import flat_params
+from t5scale.weights.compressed_format import decompress_params
+from t5scale.weights.load import model_from_flat
 from tests.testing import forward, random_model, random_tokens, tiny_config
 
 ENCODER, DECODER = random_tokens(np.random.default_rng(0), (2, 6)), random_tokens(np.random.default_rng(1), (2, 4))

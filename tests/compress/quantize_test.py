@@ -8,7 +8,8 @@ Shapes: a query-like kernel [D 6, NH 4, KV 5] contracted over D, an out-like ker
 import numpy as np
 import pytest
 
-from t5scale.compress.quantize import BITS, dequantize, quantize
+from t5scale.compress.quantize import BITS, quantize
+from t5scale.weights.compressed_format import dequantize
 
 
 def reference(w: np.ndarray, bits: int, reduce_axes: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:

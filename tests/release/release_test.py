@@ -12,12 +12,13 @@ from safetensors import safe_open
 
 import t5scale
 from t5scale.compress.checkpoint import save_compressed
-from t5scale.compress.compressed import compress_params, decompress_params
+from t5scale.compress.compressed import compress_params
 from t5scale.compress.settings import Setting
 from t5scale.model import decoding
 from t5scale.model.layout import flat_params, load_flat_params
 from t5scale.release import ChecksumError, ReleaseExistsError
 from t5scale.release.manifest import MANIFEST, sha256_of
+from t5scale.weights.compressed_format import decompress_params
 from tests.release.runs import STEP, TEXTS, make_model_dir
 from tests.testing import FIXTURES
 

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from t5scale.compress.packing import pack_codes, pack_mask, unpack_codes, unpack_mask
+from t5scale.weights.packing import pack_codes, pack_mask, unpack_codes, unpack_mask
 
 
 @pytest.mark.parametrize("bits", [4, 2])
