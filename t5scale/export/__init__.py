@@ -25,7 +25,7 @@ from etils import epath
 
 from t5scale.export.jax_export import DecodeSettings, decode_function, export_decode, io_signature
 from t5scale.release.manifest import MANIFEST, make_manifest
-from t5scale.staging import copy_file
+from t5scale.release.publish import check_destination, publish
 
 FORMAT = "t5scale-export-v1"
 PROGRAM, PARAMS, VOCAB, SIGNATURE, RUNNER = ("decode.jax", "params.safetensors", "sentencepiece.model",
@@ -49,7 +49,8 @@ def export(checkpoint: str, destination: str, settings: DecodeSettings, *, forma
     if not formats or any(f not in FORMATS for f in formats):
         raise ValueError(f"export: formats must be some of {', '.join(FORMATS)}; got {', '.join(formats) or 'none'}.")
     target = epath.Path(destination)
-    previous = _check_destination(target, overwrite)
+    destination_rules = {"what": "export", "is_own": _is_export_file, "exists_error": ExportExistsError}
+    check_destination(target, overwrite, **destination_rules)  # before the minutes of exporting
     loaded = load(checkpoint, vocabulary=vocabulary)
     if loaded.vocabulary is None:
         raise ValueError(f"{checkpoint} carries no vocabulary; pass the sentencepiece model it was trained with "
@@ -58,7 +59,7 @@ def export(checkpoint: str, destination: str, settings: DecodeSettings, *, forma
     try:
         names = _stage(loaded, checkpoint, settings, formats, staging)
         manifest = make_manifest(staging, names, format=FORMAT)
-        _publish(staging, target, manifest, previous)
+        publish(staging, destination, manifest, overwrite=overwrite, **destination_rules)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return manifest
@@ -129,29 +130,3 @@ def _source(loaded, checkpoint: str) -> dict:
 
 def _is_export_file(name: str) -> bool:
     return name in (PROGRAM, PARAMS, VOCAB, SIGNATURE, RUNNER, MANIFEST) or name.startswith("saved_model/")
-
-
-def _check_destination(target: epath.Path, overwrite: bool) -> list[str]:
-    """The files already at `target`, after refusing one that must not be written to."""
-    names = sorted(str((folder / name).relative_to(target)) for folder, _, files in target.walk() for name in files
-                   ) if target.exists() else []
-    if MANIFEST in names and not overwrite:
-        raise ExportExistsError(f"{target} already holds an export; pass --overwrite to replace it.")
-    foreign = [name for name in names if not _is_export_file(name)]
-    if foreign:
-        raise ValueError(f"{target} holds files that are not part of an export ({', '.join(foreign[:5])}"
-                         f"{'...' if len(foreign) > 5 else ''}); export to an empty or new folder.")
-    return names
-
-
-def _publish(staging: pathlib.Path, target: epath.Path, manifest: dict, previous: list[str]) -> None:
-    """The staged files into `target`, the manifest last; an export there before is unlisted first."""
-    if MANIFEST in previous:
-        (target / MANIFEST).unlink()
-    for name in previous:
-        if name != MANIFEST and name not in manifest["files"]:
-            (target / name).unlink(missing_ok=True)
-    for name in manifest["files"]:
-        (target / name).parent.mkdir(parents=True, exist_ok=True)
-        copy_file(epath.Path(staging / name), target / name)
-    (target / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")

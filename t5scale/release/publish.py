@@ -1,4 +1,5 @@
-"""Publishing a staged release to its folder (local or gs://) so that readers see all of it or none of it.
+"""Publishing a staged release (or export: `t5scale.export`) to its folder (local or gs://) so that readers see all
+of it or none of it.
 
 Readers go by the manifest: it is written last, after every other file is in place with the size it should have.
 So a publisher killed at any point (or a storage server that goes away) leaves a folder without a manifest, which
@@ -11,6 +12,7 @@ from __future__ import annotations
 import json
 import pathlib
 import shutil
+from typing import Callable
 
 from etils import epath
 
@@ -26,28 +28,30 @@ class ReleaseExistsError(ValueError):
 
 
 def existing_files(destination: epath.Path) -> list[str]:
-    """Names (relative, '/'-separated) of the files under `destination`, one folder level deep as releases are."""
+    """Names (relative, '/'-separated) of the files under `destination`, at any depth."""
     if not destination.exists():
         return []
-    names = []
-    for path in destination.iterdir():
-        if path.is_dir():
-            names += [f"{path.name}/{child.name}" for child in path.iterdir() if not child.is_dir()]
-        else:
-            names.append(path.name)
-    return sorted(names)
+    return sorted(str((folder / name).relative_to(destination)) for folder, _, files in destination.walk()
+                  for name in files)
 
 
-def check_destination(destination: epath.Path, overwrite: bool) -> list[str]:
-    """The files already there, after refusing a destination that must not be written to."""
+def check_destination(destination: epath.Path, overwrite: bool, *, what: str = "release",
+                      is_own: Callable[[str], bool] = is_bundle_file,
+                      exists_error: type[ValueError] = ReleaseExistsError) -> list[str]:
+    """The files already there, after refusing a destination that must not be written to: one holding a complete
+    `what` (unless `overwrite`), or files that are not its own (`is_own`)."""
     names = existing_files(destination)
     if MANIFEST in names and not overwrite:
-        raise ReleaseExistsError(f"{destination} already holds a release; pass --overwrite to replace it.")
-    foreign = [name for name in names if not is_bundle_file(name)]
+        raise exists_error(f"{destination} already holds {_a(what)}; pass --overwrite to replace it.")
+    foreign = [name for name in names if not is_own(name)]
     if foreign:
-        raise ValueError(f"{destination} holds files that are not part of a release ({', '.join(foreign[:5])}"
-                         f"{'...' if len(foreign) > 5 else ''}); release to an empty or new folder.")
+        raise ValueError(f"{destination} holds files that are not part of {_a(what)} ({', '.join(foreign[:5])}"
+                         f"{'...' if len(foreign) > 5 else ''}); {what} to an empty or new folder.")
     return names
+
+
+def _a(what: str) -> str:
+    return f"{'an' if what[0] in 'aeiou' else 'a'} {what}"
 
 
 def _upload(local: pathlib.Path, remote: epath.Path) -> None:
@@ -56,10 +60,12 @@ def _upload(local: pathlib.Path, remote: epath.Path) -> None:
         shutil.copyfileobj(src, dst, _CHUNK)
 
 
-def publish(staging: pathlib.Path, destination: str, manifest: dict, *, overwrite: bool = False) -> epath.Path:
-    """Copy the staged files named in `manifest` to `destination`, then write the manifest."""
+def publish(staging: pathlib.Path, destination: str, manifest: dict, *, overwrite: bool = False,
+            **destination_rules) -> epath.Path:
+    """Copy the staged files named in `manifest` to `destination`, then write the manifest; `destination_rules`
+    as in `check_destination` (default: a release's)."""
     destination = epath.Path(destination)
-    previous = check_destination(destination, overwrite)
+    previous = check_destination(destination, overwrite, **destination_rules)
     if MANIFEST in previous:
         (destination / MANIFEST).unlink()  # readers stop seeing the old release before anything changes
     destination.mkdir(parents=True, exist_ok=True)
@@ -79,6 +85,6 @@ def publish(staging: pathlib.Path, destination: str, manifest: dict, *, overwrit
         size = (destination / name).stat().length
         if size != manifest["files"][name]["bytes"]:
             raise OSError(f"{destination / name} has {size} bytes after the upload, expected "
-                          f"{manifest['files'][name]['bytes']}; rerun the release.")
+                          f"{manifest['files'][name]['bytes']}; rerun the same command.")
     (destination / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
     return destination
