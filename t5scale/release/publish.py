@@ -31,8 +31,17 @@ def existing_files(destination: epath.Path) -> list[str]:
     """Names (relative, '/'-separated) of the files under `destination`, at any depth."""
     if not destination.exists():
         return []
-    return sorted(str((folder / name).relative_to(destination)) for folder, _, files in destination.walk()
-                  for name in files)
+    names = []
+
+    def visit(folder: epath.Path, prefix: str) -> None:  # iterdir, which gs:// paths answer like local ones
+        for path in folder.iterdir():
+            if path.is_dir():
+                visit(path, f"{prefix}{path.name}/")
+            else:
+                names.append(prefix + path.name)
+
+    visit(destination, "")
+    return sorted(names)
 
 
 def check_destination(destination: epath.Path, overwrite: bool, *, what: str = "release",
