@@ -266,8 +266,14 @@ def make_parser(description: str = "", order: tuple[str, ...] = ()) -> argparse.
 
 
 def run_command(name: str, gin_files: list[str] = (), bindings: list[str] = (), **args) -> Any:
-    """Run a registered command from code (the demo composes commands this way): `args` are its parsed options."""
-    return COMMANDS[name].run(argparse.Namespace(command=name, **args), list(gin_files), list(bindings))
+    """Run a registered command from code (the demo composes commands this way): `args` are its options, the
+    others take their command-line defaults."""
+    command = COMMANDS[name]
+    parser = argparse.ArgumentParser(add_help=False)
+    if command.add_arguments:
+        command.add_arguments(parser)
+    defaults = {action.dest: action.default for action in parser._actions}
+    return command.run(argparse.Namespace(command=name, **{**defaults, **args}), list(gin_files), list(bindings))
 
 
 TRACEBACK_ENV = "T5SCALE_TRACEBACK"  # set (to anything) to get the traceback instead of the one-line error
