@@ -107,6 +107,7 @@ sweep_config.bindings = ["TASK_FEATURE_LENGTHS={'inputs': 32, 'targets': 8}", 'B
 """
 
 
+@pytest.mark.slow
 def test_a_sweep_is_planned_shape_by_shape_at_its_runs_batch_and_lengths(capsys, tmp_path):
     from t5scale.analysis.results import add_plan_columns
     from t5scale.model.flops import count_params, training_flops
