@@ -121,7 +121,8 @@ def make_t5scale_trainer(model: nnx.Module, batch: dict[str, np.ndarray], optim:
     """(run(n) -> metrics of the n-th step, the jitted step) for t5scale's own train step on a fixed batch.
 
     The step is the trainer's: `make_train_step` jitted with the state donated. One device, so no shardings.
-    `run` blocks on the new state and metrics once, after its n steps, like the trainer between log windows.
+    `run` blocks on the new state and metrics once, after its n steps, like the trainer between log windows;
+    `run.state()` is the current state.
     """
     graphdef, params = nnx.split(model, nnx.Param)
     params = jax.tree.map(jnp.copy, params)  # the step donates its state; `model` keeps working
@@ -139,6 +140,7 @@ def make_t5scale_trainer(model: nnx.Module, batch: dict[str, np.ndarray], optim:
         jax.block_until_ready((state, metrics))
         return jax.device_get(metrics)
 
+    run.state = lambda: state  # the current state, e.g. to lower the step again
     return run, step
 
 
@@ -156,6 +158,7 @@ def hf_twin(model: nnx.Module):
 def make_hf_trainer(hf_model, batch: dict[str, np.ndarray]) -> Callable[[int], float]:
     """run(n) -> loss of the n-th step, for the reference: HF's T5 with transformers' Adafactor, on a fixed batch."""
     import torch
+    from torch.profiler import record_function
     from transformers.optimization import Adafactor
 
     hf_model.train()  # dropout_rate is 0, so this only matches the trainer's mode
@@ -167,11 +170,14 @@ def make_hf_trainer(hf_model, batch: dict[str, np.ndarray]) -> Callable[[int], f
 
     def run(n: int) -> float | None:
         loss = None
-        for _ in range(n):
-            loss = hf_model(**inputs).loss  # mean cross-entropy over the target tokens
-            loss.backward()
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+        for _ in range(n):  # the ranges name the phases in torch.profiler (profile_step.py); free otherwise
+            with record_function("forward"):
+                loss = hf_model(**inputs).loss  # mean cross-entropy over the target tokens
+            with record_function("backward"):
+                loss.backward()
+            with record_function("optimizer"):
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
         return None if loss is None else loss.item()
 
     return run
