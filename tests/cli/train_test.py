@@ -40,8 +40,8 @@ def test_pretrain_gin_macros_configure_the_run(tmp_path, capsys):
 def test_rerunning_a_finished_run_stops_at_once(tmp_path, capsys):
     """The second run resumes the finished checkpoint and runs no step (so it has no loss): exit 0, no crash."""
     argv = ["train", "--gin_file=models/shape.gin", "--gin_file=runs/pretrain.gin", *TINY,
-            "--gin.MIXTURE_OR_TASK_NAME='embedded_span_corruption'", "--gin.BATCH_SIZE=2",
-            "--gin.TASK_FEATURE_LENGTHS={'inputs': 16, 'targets': 4}", "--gin.TRAIN_STEPS=1",
+            "--gin.MIXTURE_OR_TASK_NAME='embedded_span_corruption'", "--gin.BATCH_SIZE=4",  # the shapes of the
+            "--gin.TASK_FEATURE_LENGTHS={'inputs': 32, 'targets': 8}", "--gin.TRAIN_STEPS=1",  # test above: no compile
             f"--gin.MODEL_DIR='{tmp_path / 'run'}'", "--gin.train_config.progress_bar=False"]
     assert main(argv) == 0
     capsys.readouterr()

@@ -24,9 +24,17 @@ RELPOS = 2 * CFG.num_heads * CFG.relative_buckets  # one table per stack
 
 
 @pytest.fixture(scope="module")
-def plans():
-    fsdp, single = plan_in_subprocess([PlanRequest(CFG, MeshConfig(data=8, rules="fsdp"), BATCH, INPUTS, TARGETS),
-                                       PlanRequest(CFG, MeshConfig(data=1), BATCH, INPUTS, TARGETS)])
+def cpu_plans():
+    """Every CPU plan of this module, in one subprocess (one start-up, one import of JAX on 8 fake devices)."""
+    return plan_in_subprocess([PlanRequest(CFG, MeshConfig(data=8, rules="fsdp"), BATCH, INPUTS, TARGETS),
+                               PlanRequest(CFG, MeshConfig(data=1), BATCH, INPUTS, TARGETS),
+                               PlanRequest(FCFG, MeshConfig(data=2, model=2, rules="t5x"), BATCH, INPUTS, TARGETS),
+                               PlanRequest(FCFG, MeshConfig(data=1), BATCH, INPUTS, TARGETS)])
+
+
+@pytest.fixture(scope="module")
+def plans(cpu_plans):
+    fsdp, single, _, _ = cpu_plans
     return {"fsdp": fsdp, "single": single}
 
 
@@ -169,10 +177,8 @@ def test_the_hand_written_parameters_are_the_models():
 
 
 @pytest.fixture(scope="module")
-def factored_plans():
-    model_axis, single = plan_in_subprocess([
-        PlanRequest(FCFG, MeshConfig(data=2, model=2, rules="t5x"), BATCH, INPUTS, TARGETS),
-        PlanRequest(FCFG, MeshConfig(data=1), BATCH, INPUTS, TARGETS)])
+def factored_plans(cpu_plans):
+    _, _, model_axis, single = cpu_plans
     return model_axis, single
 
 
