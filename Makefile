@@ -35,7 +35,7 @@ test-all: $(STAMP)
 test-faults: $(STAMP)
 	$(BIN)/python -m pytest -q -m "faults and slow" tests/faults
 
-# Every test kept out of the ~10-minute default run (the 20-kill case, large-preset compiles, multi-process and
+# Every test kept out of the default run (the 20-kill case, large-preset compiles, multi-process and
 # gs:// end-to-end runs); CI runs them after `make test`.
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow tests
