@@ -107,23 +107,20 @@ def xla_instructions(hlo_text: str) -> dict[str, tuple[str, str, str]]:
     return table
 
 
-def trace_intervals(trace_dir: str) -> tuple[list[tuple[float, float, str]], float]:
-    """(start us, end us, instruction) for every instruction XLA ran in the trace, and the wall time (us) of the
-    outermost jitted calls."""
+def trace_intervals(trace_dir: str) -> list[tuple[float, float, str]]:
+    """(start us, end us, instruction) for every instruction XLA ran in the trace: from its event to its `end:`
+    event (an instruction XLA runs asynchronously ends after its own event does)."""
     (path,) = glob.glob(f"{trace_dir}/**/*.trace.json.gz", recursive=True)
     with gzip.open(path) as f:
         events = [e for e in json.load(f)["traceEvents"] if e.get("ph") == "X"]
     started: dict[str, collections.deque] = collections.defaultdict(collections.deque)
-    intervals, calls = [], []
+    intervals = []
     for e in sorted(events, key=lambda e: e["ts"]):
         if "hlo_op" in e.get("args", {}):
             started[e["name"]].append(e["ts"])
         elif e["name"].startswith("end: ") and started[e["name"][5:]]:
             intervals.append((started[e["name"][5:]].popleft(), e["ts"] + e["dur"], e["name"][5:]))
-        elif e["name"].startswith("PjitFunction("):
-            calls.append((e["ts"], e["ts"] + e["dur"]))
-    outermost = [c for c in calls if not any(o[0] <= c[0] and c[1] <= o[1] and o != c for o in calls)]
-    return intervals, sum(end - start for start, end in set(outermost))
+    return intervals
 
 
 def split_concurrent(intervals: list[tuple[float, float, str]]) -> dict[str, float]:
@@ -155,7 +152,7 @@ def profile_t5scale(run, step, state_args, steps: int) -> dict:
         run(steps)
         wall = time.perf_counter() - tic
         jax.profiler.stop_trace()
-        intervals, _ = trace_intervals(trace_dir)
+        intervals = trace_intervals(trace_dir)
     intervals = [i for i in intervals if table.get(i[2], ("other",))[0] != "control"]
     seconds, by_instruction, unknown = collections.defaultdict(float), {}, set()
     for name, us in split_concurrent(intervals).items():
