@@ -23,12 +23,5 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 # so two workers training it at once leave one whole file).
 os.environ.setdefault("T5SCALE_CACHE", _session_directory("cache"))
 
-# The processes tests start run with the `t5scale` command's malloc settings from their first instruction, so a
-# command does not restart itself to apply them (t5scale.malloc: a second import of everything, ~4 s a command
-# here). tests/malloc_test.py clears this to test the restart itself.
-from t5scale.malloc import TUNABLES  # noqa: E402  (after the settings above, which jax reads on import)
-
-os.environ.setdefault("GLIBC_TUNABLES", TUNABLES)
-
 # The GCS emulator fixtures (`gcs`, `gcs_server`).
 pytest_plugins = ("tests.gcs",)
