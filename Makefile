@@ -17,10 +17,10 @@ venv: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/t5scale demo
 
-# Two worker processes (pytest-xdist): most tests run on one core (a compile, a subprocess starting up), so two
-# workers take 40% off the run on a 2-core machine (three are no faster). Each worker starts with half the tests in
-# file order (a module's fixtures are mostly built once) and steals from the other when done; the workers share one
-# compilation cache and vocabulary (tests/conftest.py). TEST_JOBS=0 runs in this process (to debug with -s, --pdb).
+# Two worker processes (pytest-xdist): 19.7 -> about 12 minutes on this 2-core machine (three workers were no
+# faster). Each worker starts with half the tests in file order (a module's fixtures are mostly built once) and
+# steals from the other when done; the workers share one compilation cache and vocabulary (tests/conftest.py).
+# TEST_JOBS=0 runs in this process (to debug with -s, --pdb).
 TEST_JOBS ?= 2
 XDIST = $(if $(filter 0,$(TEST_JOBS)),,-n $(TEST_JOBS) --dist worksteal)
 
